@@ -1,0 +1,1 @@
+"""Prefect flows that wire `pipeline` stages into tasks over shard paths."""

@@ -1,0 +1,1 @@
+"""Model engines behind one protocol (`pipeline.engines.base.Engine`)."""

@@ -1,0 +1,46 @@
+"""The ingest stage: one input path -> conversation shards + a quarantine of malformed rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.ingest.adapters import Malformed, adapt
+from pipeline.ingest.readers import read_rows
+from pipeline.progress import report
+from pipeline.recipe import IngestConfig, InputSpec
+from pipeline.shards import DroppedWriter, ShardWriter
+from pipeline.stats import StageStats
+from pipeline.tables import CONVERSATION
+
+STAGE = "ingest"
+
+
+def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path) -> StageStats:
+    """Read `spec.path` row by row; write `part-*.parquet` and `dropped-ingest-*.parquet`."""
+    stats = StageStats(STAGE)
+    out = ShardWriter(out_dir, CONVERSATION, shard_rows=config.shard_rows)
+    dropped = DroppedWriter(out_dir, STAGE, shard_rows=config.shard_rows)
+    for n, raw in enumerate(read_rows(Path(spec.path), config.max_line_bytes)):
+        if spec.max_rows is not None and n >= spec.max_rows:
+            break
+        where = {"source": raw.source, "source_row": raw.index}
+        if raw.error:
+            dropped.drop(raw.error, detail=raw.detail, raw=raw.raw, **where)
+            stats.drop(raw.error)
+        else:
+            try:
+                fmt, conv = adapt(raw.value, spec.format, config.max_text_chars)
+            except Malformed as err:
+                dropped.drop(err.reason, detail=err.detail, row=raw.value, **where)
+                stats.drop(err.reason)
+            except RecursionError:
+                dropped.drop("too_deeply_nested", row=None, **where)
+                stats.drop("too_deeply_nested")
+            else:
+                out.write({**conv, **where, "format": fmt})
+                stats.keep()
+        if n % 1000 == 999:
+            report(STAGE, 1000)
+    out.close()
+    dropped.close()
+    return stats.check()
