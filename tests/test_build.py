@@ -1,0 +1,86 @@
+"""`prefpipe build` end to end: real Prefect (ephemeral API), real files, real Parquet."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import polars as pl
+
+from pipeline.store import list_versions, read_manifest
+from tests.helpers import cli, cli_popen, hh_slice, write_recipe
+
+
+def test_build_publishes_a_trl_ready_version(real_data, tmp_path):
+    src = hh_slice(real_data, tmp_path / "in" / "hh.jsonl", 300)
+    recipe = write_recipe(tmp_path / "recipe.yaml", [src], "hh", ingest={"shard_rows": 100})
+    root = tmp_path / "root"
+    proc = cli("build", str(recipe), "--data-root", str(root))
+    version = root / "datasets/hh/v0001"
+    assert str(version) in proc.stdout and "published hh@v0001" in proc.stdout
+
+    manifest = read_manifest(version)
+    ingest, pairs = manifest["funnel"]
+    assert ingest["rows_in"] == 300
+    assert ingest["rows_in"] == ingest["rows_out"] + ingest["rows_dropped"]
+    assert pairs["rows_in"] == ingest["rows_out"] == pairs["rows_out"] + pairs["rows_dropped"]
+    assert manifest["rows"] == pairs["outputs_written"]
+    assert manifest["rows_dropped"] == ingest["rows_dropped"] + pairs["rows_dropped"]
+    assert manifest["inputs"][0]["sha256"] and manifest["recipe_hash"] and manifest["code_version"]
+    assert len(list((version / "data").glob("*.parquet"))) == 3  # one pairs shard per ingest shard
+
+    ds = datasets.load_dataset("parquet", data_dir=str(version / "data"), split="train")
+    assert ds.num_rows == manifest["rows"]
+    row = ds[0]
+    # TRL's conversational preference format.
+    assert row["prompt"][-1]["role"] == "user"
+    assert [m["role"] for m in row["chosen"]] == ["assistant"]
+    assert [m["role"] for m in row["rejected"]] == ["assistant"]
+    assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
+    dropped = pl.read_parquet(version / "dropped" / "*.parquet")
+    assert len(dropped) == manifest["rows_dropped"]
+    assert dropped["reason"].null_count() == 0 and set(dropped["stage"]) <= {"ingest", "pairs"}
+
+    # The same recipe on the same input publishes nothing new and reports the existing version.
+    again = cli("build", str(recipe), "--data-root", str(root))
+    assert "unchanged" in again.stdout and list_versions(root, "hh") == [1]
+
+    shown = cli("datasets", "show", "hh@v1", "--data-root", str(root), "--json")
+    assert json.loads(shown.stdout)["rows"] == manifest["rows"]
+    listed = cli("datasets", "list", "--data-root", str(root))
+    assert "hh" in listed.stdout
+
+
+def test_concurrent_builds_publish_distinct_complete_versions(real_data, tmp_path):
+    root = tmp_path / "root"
+    procs = []
+    for i, n in enumerate([120, 80]):
+        src = hh_slice(real_data, tmp_path / f"in{i}" / "hh.jsonl", n, start=i * 500)
+        recipe = write_recipe(tmp_path / f"recipe{i}.yaml", [src], "shared")
+        procs.append(cli_popen("build", str(recipe), "--data-root", str(root)))
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert list_versions(root, "shared") == [1, 2]
+    inputs = set()
+    for v in ("v0001", "v0002"):
+        m = read_manifest(root / "datasets/shared" / v)
+        assert m["funnel"][0]["rows_in"] in (120, 80)
+        inputs.add(m["funnel"][0]["rows_in"])
+        assert pl.read_parquet(root / "datasets/shared" / v / "data/*.parquet").height == m["rows"]
+    assert inputs == {120, 80}
+
+
+def test_ingest_command_writes_shards_and_quarantine(real_data, tmp_path):
+    out = tmp_path / "shards"
+    proc = cli("ingest", str(real_data / "preference/autoj_testdata_pairwise.jsonl.gz"), "--out", str(out))
+    assert str(out) in proc.stdout
+    kept = pl.read_parquet(out / "part-*.parquet")
+    dropped = pl.read_parquet(out / "dropped-ingest-*.parquet")
+    assert kept.height + dropped.height == 1392
+
+
+def test_missing_version_is_a_clear_error(tmp_path):
+    proc = cli("datasets", "show", "nope@v3", "--data-root", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "no published versions of dataset 'nope'" in proc.stderr
+    proc = cli("datasets", "show", "../etc", "--data-root", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "invalid dataset name" in proc.stderr

@@ -1,0 +1,80 @@
+"""Recipes fail before any work, naming the file and the field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.recipe import Recipe, RecipeError, load_recipe
+from pipeline.tables import TABLES, schema_to_json
+
+REPO = Path(__file__).resolve().parents[1]
+GOOD = """
+inputs:
+  - path: in.jsonl
+output:
+  dataset: demo
+"""
+
+
+@pytest.fixture
+def recipe_dir(tmp_path):
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    return tmp_path
+
+
+def write(d, text):
+    p = d / "recipe.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_good_recipe_resolves_paths_next_to_the_recipe(recipe_dir):
+    r = load_recipe(write(recipe_dir, GOOD))
+    assert Path(r.inputs[0].path) == (recipe_dir / "in.jsonl").resolve()
+    assert r.ingest.shard_rows == 1000
+
+
+@pytest.mark.parametrize("text, field, message", [
+    (GOOD + "extra_key: 1\n", "extra_key", "unknown key"),
+    (GOOD.replace("path: in.jsonl", "path: in.jsonl\n    formt: openai"), "inputs.0.formt", "unknown key"),
+    (GOOD + "ingest:\n  shard_rows: lots\n", "ingest.shard_rows", "integer"),
+    (GOOD + "ingest:\n  shard_rows: 0\n", "ingest.shard_rows", "greater than or equal to 1"),
+    (GOOD.replace("dataset: demo", "dataset: ../escape"), "output.dataset", "invalid dataset name"),
+    (GOOD.replace("path: in.jsonl", "path: missing.jsonl"), "inputs.0.path", "no such file"),
+    (GOOD.replace("- path: in.jsonl", "- path: in.jsonl\n    format: yaml"), "inputs.0.format", "Input should be"),
+])
+def test_bad_recipe_names_file_and_field(recipe_dir, text, field, message):
+    path = write(recipe_dir, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}: {field}" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_yaml_is_loaded_safely(recipe_dir):
+    path = write(recipe_dir, "!!python/object/apply:os.system ['touch pwned']\n")
+    with pytest.raises(RecipeError, match="invalid YAML"):
+        load_recipe(path)
+    assert not (recipe_dir / "pwned").exists()
+
+
+def test_cli_exits_2_before_any_work(recipe_dir, tmp_path):
+    path = write(recipe_dir, GOOD + "stages: [everything]\n")
+    root = tmp_path / "root"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(path), "--data-root", str(root)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "stages: unknown key" in proc.stderr
+    assert not root.exists()  # nothing was started or written
+
+
+def test_exported_schemas_match_the_code():
+    for name, schema in TABLES.items():
+        exported = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
+        assert exported == schema_to_json(schema), f"schemas/{name}.schema.json is stale: python -m pipeline.tables"
+    assert json.loads((REPO / "schemas/recipe.schema.json").read_text()) == Recipe.model_json_schema()
