@@ -7,10 +7,12 @@ from pathlib import Path
 
 from pipeline.card import write_card
 from pipeline.ids import content_id
+from pipeline.incremental import IDS_FILE, write_ids
 from pipeline.recipe import Recipe
 from pipeline.runner import code_version, content_hash
+from pipeline.shards import count_rows
 from pipeline.stats import StageStats
-from pipeline.store import find_build, publish  # noqa: F401 - re-exported
+from pipeline.store import find_build, publish  # noqa: F401 - find_build is part of this API
 from pipeline.tables import SCHEMA_VERSION
 
 
@@ -31,9 +33,26 @@ def merge_stats(stage: str, results: list[dict]) -> StageStats:
     return StageStats.total(stage, [StageStats.from_dict(r["stats"]) for r in results])
 
 
+def outputs(results: list[dict], kind: str = "outputs") -> list[Path]:
+    return [Path(p) for r in results for p in r[kind]]
+
+
 def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dict], key: str,
-                  funnel: list[StageStats], data_files: list[str], dropped_files: list[str],
-                  command: str | None = None) -> Path:
+                  stage_results: dict[str, list[dict]], command: str | None = None,
+                  parent: Path | None = None, extra_manifest: dict | None = None,
+                  work_dir: Path | None = None) -> Path:
+    """Publish the last stage's outputs (plus the parent version's rows for incremental builds).
+
+    `stage_results` maps stage name -> its per-shard results (from `runner.run_cached`), in order;
+    every stage's dropped rows are published; "ingest" outputs feed the seen-ids index.
+    """
+    funnel = [merge_stats(stage, results) for stage, results in stage_results.items()]
+    data = outputs(stage_results[list(stage_results)[-1]])
+    parent_rows = []
+    if parent is not None:
+        parent_rows = sorted((parent / "data").glob("*.parquet"))
+    ids_path = write_ids(Path(work_dir or root) / f".ids-{key}.parquet",
+                         outputs(stage_results.get("ingest", [])), parent)
     manifest = {
         "recipe": recipe.resolved(),
         "recipe_path": recipe_path,
@@ -44,6 +63,14 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
         "schema_version": SCHEMA_VERSION,
         "funnel": [s.check().to_dict() for s in funnel],
         "command": command or f"prefpipe build {recipe_path}",
+        **(extra_manifest or {}),
     }
-    return publish(root, recipe.output.dataset, [Path(p) for p in data_files],
-                   [Path(p) for p in dropped_files], manifest, write_card=write_card)
+    if parent is not None:
+        manifest["incremental"] = {"parent_rows_carried": count_rows(parent_rows),
+                                   "rows_added": count_rows(data)}
+    try:
+        return publish(root, recipe.output.dataset, parent_rows + data,
+                       outputs([r for rs in stage_results.values() for r in rs], "dropped"),
+                       manifest, write_card=write_card, extra_files={IDS_FILE: ids_path})
+    finally:
+        ids_path.unlink(missing_ok=True)

@@ -71,7 +71,12 @@ class StageProgress:
 
 @app.command()
 def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Optional[Path] = DataRoot,
-          force: bool = typer.Option(False, "--force", help="Publish a new version even if an identical build exists")):
+          force: bool = typer.Option(False, "--force", help="Publish a new version even if an identical build exists"),
+          incremental: bool = typer.Option(False, "--incremental",
+                                           help="Read only inputs/rows earlier versions have not seen"),
+          dask_address: Optional[str] = typer.Option(
+              None, "--dask-address", envvar="PREFPIPE_DASK_ADDRESS",
+              help="Run shard tasks on an existing Dask cluster (tcp://host:8786)")):
     """Run the build flow for RECIPE and publish a new dataset version."""
     try:
         load_recipe(recipe)  # fail before any work (and before Prefect starts)
@@ -79,20 +84,90 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
         fail(str(err), 2)
     from flows.build import build_dataset
 
+    flow_fn = build_dataset
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        flow_fn = build_dataset.with_options(task_runner=DaskTaskRunner(address=dask_address))
     command = "prefpipe build " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     try:
         with StageProgress():
-            result = build_dataset(str(recipe), str(data_root(data_root_)), force, command)
+            result = flow_fn(str(recipe), str(data_root(data_root_)), force, incremental, command)
     except (RecipeError, NameError_) as err:
         fail(str(err), 2)
     except StoreError as err:
         fail(str(err), 1)
     version_dir = Path(result["version_dir"])
     manifest = read_manifest(version_dir)
-    out.print(funnel_table(manifest["funnel"]))
-    verb = "published" if result["published"] else "unchanged: an identical build is already published as"
-    out.print(f"{verb} {manifest['name']}@{manifest['version']}: {manifest['rows']} rows")
+    if result["published"]:
+        out.print(funnel_table(manifest["funnel"]))
+        out.print(f"published {manifest['name']}@{manifest['version']}: {manifest['rows']} rows")
+    elif incremental:
+        out.print(f"nothing new: {manifest['name']}@{manifest['version']} is current ({manifest['rows']} rows)")
+    else:
+        out.print(f"unchanged: an identical build is already published as "
+                  f"{manifest['name']}@{manifest['version']}: {manifest['rows']} rows")
     out.print(str(version_dir), soft_wrap=True, highlight=False)
+
+
+@app.command()
+def deploy(recipe: Path = typer.Argument(..., help="Recipe YAML"),
+           cron: Optional[str] = typer.Option(None, "--cron", help='Cron schedule, e.g. "0 3 * * *"'),
+           interval: Optional[float] = typer.Option(None, "--interval", help="Seconds between runs"),
+           name: Optional[str] = typer.Option(None, "--name", help="Deployment name (default: dataset name)"),
+           data_root_: Optional[Path] = DataRoot):
+    """Serve RECIPE as a scheduled Prefect deployment (incremental runs) until interrupted.
+
+    Needs a Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api).
+    """
+    import os
+
+    if (cron is None) == (interval is None):
+        fail("give exactly one of --cron or --interval", 2)
+    if not os.environ.get("PREFECT_API_URL"):
+        fail("PREFECT_API_URL is not set: start a server (`prefect server start`) and point "
+             "PREFECT_API_URL at it, e.g. http://127.0.0.1:4200/api", 2)
+    try:
+        load_recipe(recipe)
+    except RecipeError as err:
+        fail(str(err), 2)
+    from flows.deploy import serve_recipe
+
+    console.print(f"serving {recipe} ({'cron ' + cron if cron else f'every {interval:g} s'}); Ctrl-C stops")
+    serve_recipe(str(recipe), cron, interval, name, str(data_root(data_root_)))
+
+
+deployments_app = typer.Typer(no_args_is_help=True, help="Scheduled deployments on the Prefect server.")
+app.add_typer(deployments_app, name="deployments")
+
+
+@deployments_app.command("ls")
+def deployments_ls():
+    """Deployments with their schedules and whether they are paused."""
+    from flows.deploy import list_deployments
+
+    table = Table("deployment", "paused", "schedules", "recipe")
+    for d in list_deployments():
+        table.add_row(d["name"], str(d["paused"]), ", ".join(d["schedules"]) or "-", d["recipe"] or "-")
+    out.print(table)
+
+
+@deployments_app.command("pause")
+def deployments_pause(name: str = typer.Argument(..., help="Deployment name")):
+    """Pause a deployment's schedule."""
+    from flows.deploy import set_paused
+
+    set_paused(name, True)
+    out.print(f"paused {name}")
+
+
+@deployments_app.command("resume")
+def deployments_resume(name: str = typer.Argument(..., help="Deployment name")):
+    """Resume a paused deployment's schedule."""
+    from flows.deploy import set_paused
+
+    set_paused(name, False)
+    out.print(f"resumed {name}")
 
 
 @app.command()
@@ -149,6 +224,55 @@ def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), data_r
               f"created={manifest['created_at']}")
     out.print(funnel_table(manifest["funnel"]))
     out.print(str(path), soft_wrap=True, highlight=False)
+
+
+def _resolve_version(ref: str, data_root_: Optional[Path]) -> Path:
+    try:
+        return version_path(data_root(data_root_), ref)
+    except NameError_ as err:
+        fail(str(err), 2)
+    except StoreError as err:
+        fail(str(err), 1)
+
+
+@app.command()
+def card(ref: str = typer.Argument(..., help="NAME@vN (or NAME for the latest)"),
+         data_root_: Optional[Path] = DataRoot):
+    """Regenerate README.md and report.html of a published version (its data never changes)."""
+    from pipeline.card import regenerate
+
+    path = _resolve_version(ref, data_root_)
+    try:
+        changed = regenerate(path)
+    except OSError as err:
+        fail(f"cannot write the card of {path}: {err.strerror or err}", 1)
+    for name, was_changed in changed.items():
+        out.print(f"{'rewrote' if was_changed else 'unchanged'} {path / name}", soft_wrap=True, highlight=False)
+
+
+@datasets_app.command("diff")
+def datasets_diff(ref_a: str = typer.Argument(..., help="NAME@vA (older)"),
+                  ref_b: str = typer.Argument(..., help="NAME@vB (newer)"),
+                  data_root_: Optional[Path] = DataRoot,
+                  as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON")):
+    """Pairs added/removed (by pair id), funnel and distribution changes between two versions."""
+    from pipeline.diff import diff_versions, distribution_rows, funnel_rows
+
+    diff = diff_versions(_resolve_version(ref_a, data_root_), _resolve_version(ref_b, data_root_))
+    if as_json:
+        out.print_json(json.dumps(diff))
+        return
+    out.print(f"{diff['a']} -> {diff['b']}: {diff['rows']['a']} -> {diff['rows']['b']} rows; "
+              f"added {diff['added']}, removed {diff['removed']}, unchanged {diff['unchanged']}", highlight=False)
+    funnel = Table("stage", "count", diff["a"], diff["b"], "change", title="funnel")
+    for row in funnel_rows(diff):
+        funnel.add_row(*row)
+    out.print(funnel)
+    dist = Table("column", f"n {diff['a']}", f"n {diff['b']}", "mean A", "mean B", "median A", "median B",
+                 title="distributions")
+    for row in distribution_rows(diff):
+        dist.add_row(*row)
+    out.print(dist)
 
 
 def main() -> None:  # pragma: no cover

@@ -109,12 +109,20 @@ def clean_stale_tmp(directory: Path) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
+def _place(src: Path, dst: Path) -> None:
+    """Hard-link when possible (shards and published files never change), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def _copy_files(files: list[Path], target: Path, prefix: str) -> dict[str, dict]:
     target.mkdir(parents=True)
     out = {}
     for i, src in enumerate(files):
         dst = target / f"{prefix}-{i:05d}.parquet"
-        shutil.copyfile(src, dst)
+        _place(src, dst)
         out[f"{target.name}/{dst.name}"] = {"sha256": file_sha256(dst), "rows": count_rows([dst])}
     return out
 

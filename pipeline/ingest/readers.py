@@ -34,10 +34,15 @@ def _open(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
-def read_jsonl(path: Path, max_line_bytes: int) -> Iterator[RawRow]:
+def read_jsonl(path: Path, max_line_bytes: int, start_offset: int = 0, start_index: int = 0
+               ) -> Iterator[RawRow]:
+    """JSON lines from byte `start_offset` on (rows numbered from `start_index`): incremental
+    runs read only what was appended since the last version."""
     source = path.name
     with _open(path) as f:
-        index = 0
+        if start_offset:
+            f.seek(start_offset)
+        index = start_index
         while True:
             try:
                 line = f.readline(max_line_bytes + 1)
@@ -136,8 +141,14 @@ def input_files(path: Path) -> list[Path]:
     raise FileNotFoundError(path)
 
 
-def read_rows(path: Path, max_line_bytes: int = 8 << 20) -> Iterator[RawRow]:
-    """Every row of an input path (file, HF dataset directory, or directory of files)."""
+def read_rows(path: Path, max_line_bytes: int = 8 << 20, start_offset: int = 0, start_index: int = 0
+              ) -> Iterator[RawRow]:
+    """Every row of an input path (file, HF dataset directory, or directory of files).
+
+    `start_offset`/`start_index` resume a JSON-lines file where an earlier version stopped."""
+    if start_offset:
+        yield from read_jsonl(Path(path), max_line_bytes, start_offset, start_index)
+        return
     for file in input_files(Path(path)):
         name = file.name
         if is_hf_dataset_dir(file):

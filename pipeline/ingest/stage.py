@@ -15,12 +15,16 @@ from pipeline.tables import CONVERSATION
 STAGE = "ingest"
 
 
-def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path) -> StageStats:
-    """Read `spec.path` row by row; write `part-*.parquet` and `dropped-ingest-*.parquet`."""
+def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path, start_offset: int = 0,
+                 start_index: int = 0) -> StageStats:
+    """Read `spec.path` row by row; write `part-*.parquet` and `dropped-ingest-*.parquet`.
+
+    `start_offset`/`start_index`: read a JSON-lines file from that byte (incremental runs)."""
     stats = StageStats(STAGE)
     out = ShardWriter(out_dir, CONVERSATION, shard_rows=config.shard_rows)
     dropped = DroppedWriter(out_dir, STAGE, shard_rows=config.shard_rows)
-    for n, raw in enumerate(read_rows(Path(spec.path), config.max_line_bytes)):
+    for n, raw in enumerate(read_rows(Path(spec.path), config.max_line_bytes,
+                                            start_offset, start_index)):
         if spec.max_rows is not None and n >= spec.max_rows:
             break
         where = {"source": raw.source, "source_row": raw.index}
