@@ -79,7 +79,10 @@ def read_jsonl(path: Path, max_line_bytes: int, start_offset: int = 0, start_ind
 
 
 def is_json_array(path: Path) -> bool:
-    """Sniff the first non-blank byte: `[` means one JSON array, anything else JSON lines."""
+    """A `.json[.gz]` file whose first non-blank byte is `[` is one JSON array; anything else
+    (and every `.jsonl`/`.ndjson` file) is JSON lines."""
+    if not path.name.endswith((".json", ".json.gz")):
+        return False
     try:
         with _open(path) as f:
             head = f.read(4096).lstrip()
