@@ -275,6 +275,48 @@ def datasets_diff(ref_a: str = typer.Argument(..., help="NAME@vA (older)"),
     out.print(dist)
 
 
+@app.command("eval-annotator")
+def eval_annotator(recipe: Path = typer.Argument(..., help="Recipe YAML with an annotate section"),
+                   gold: Path = typer.Option(..., "--gold", exists=True, help="Gold pairs (Auto-J, "
+                                             "AlpacaEval annotations, hh-rlhf, prompt/chosen/rejected)"),
+                   fmt: str = typer.Option("auto", "--format", help="Force the gold file's format"),
+                   limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Fixed random sample of N pairs"),
+                   seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the A/B order"),
+                   resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples"),
+                   out_dir: Path = typer.Option(Path("eval-annotator"), "--out", help="Report directory")):
+    """Measure RECIPE's annotator against gold preferences; write JSON + Markdown reports."""
+    from pipeline.annotate.eval import evaluate_annotator, load_annotate_config, open_engines, write_report
+    from pipeline.annotate.gold import load_gold
+
+    try:
+        config = load_annotate_config(recipe)
+    except RecipeError as err:
+        fail(str(err), 2)
+    pairs, rejected = load_gold(gold, fmt, limit, seed)
+    if not pairs:
+        fail(f"{gold}: no usable gold pairs ({len(rejected)} rows rejected)", 2)
+    engines = open_engines(config)
+    try:
+        report = evaluate_annotator(config, engines, pairs, resamples)
+    finally:
+        for engine in {id(e): e for e in engines.values()}.values():
+            engine.close()
+    reasons: dict[str, int] = {}
+    for _, reason in rejected:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    report["gold"] = {"path": str(gold), "format": fmt, "pairs": len(pairs), "limit": limit, "seed": seed,
+                      "rejected": reasons}
+    js, md = write_report(report, out_dir)
+    table = Table("variant", "acc. excl. ties", "acc. incl. ties", "kappa", "flip rate", "failed", "seconds")
+    for name, m in report["variants"].items():
+        f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        table.add_row(name, f(m["accuracy_excluding_ties"]), f(m["accuracy_including_ties"]),
+                      f(m["cohen_kappa"]), f(m.get("flip_rate")), str(m["failed"]), str(m["seconds"]))
+    out.print(table)
+    out.print(str(js), soft_wrap=True, highlight=False)
+    out.print(str(md), soft_wrap=True, highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -2,47 +2,49 @@
 
 Validated by pydantic before any work: unknown keys are rejected and every error names the file
 and the field (`recipe.yaml: inputs.0.format: ...`). YAML is loaded with the safe loader only.
+Stage sections are optional: a stage runs only when the recipe names it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pipeline.annotate.config import AnnotateConfig
+from pipeline.config import FORMATS, IngestConfig, InputSpec, RecipeError, Strict, format_error
+from pipeline.engines.base import GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_LOGPROBS
+from pipeline.filters.ches import ChesConfig
+from pipeline.filters.decontam import DecontamConfig
+from pipeline.filters.dedup import DedupConfig
+from pipeline.filters.length import LengthConfig
+from pipeline.filters.margin import MarginConfig
+from pipeline.generate import GenerateConfig
 from pipeline.ids import canonical_json, content_id
 from pipeline.names import check_dataset_name
+from pipeline.pairs import PairsConfig
 
-FORMATS = ("auto", "openai", "sharegpt", "hh_rlhf", "alpaca", "prompt", "pairs", "pairwise_labelled")
+__all__ = ["FORMATS", "IngestConfig", "InputSpec", "Recipe", "RecipeError", "Strict", "load_recipe",
+           "parse_recipe"]
 
-
-class RecipeError(ValueError):
-    """A recipe that cannot run; the message names the file and the field."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(Strict):
-    path: str = Field(description="File or directory (JSONL[.gz], JSON array, Parquet, HF save_to_disk)")
-    format: Literal[FORMATS] = "auto"  # type: ignore[valid-type]
-    license: str | None = Field(None, description="Licence of the input, shown on the data card")
-    max_rows: int | None = Field(None, ge=1, description="Read at most this many rows")
+# What each engine kind can do (pipeline/engines/*): checked against what the recipe asks for.
+ENGINE_CAPABILITIES = {
+    "vllm": {GENERATE, SCORE, TOP_LOGPROBS},
+    "transformers": {GENERATE, SCORE, TOP_LOGPROBS, HIDDEN_STATES, REWARD},
+    "http": {GENERATE, SCORE, TOP_LOGPROBS},
+}
+ANNOTATOR_NEEDS = {"judge": {GENERATE}, "strong": {SCORE}, "weak": {SCORE}, "reward": {REWARD}}
 
 
-class IngestConfig(Strict):
-    shard_rows: int = Field(1000, ge=1, le=1_000_000)
-    max_text_chars: int = Field(100_000, ge=1, description="Longer messages are quarantined")
-    max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Longer raw lines are quarantined")
+class FiltersConfig(Strict):
+    """Pair filters, applied in this order: length guard, margin, CHES."""
 
-
-class PairsConfig(Strict):
-    rule: Literal["source"] = Field(
-        "source", description="source: the input's own chosen/rejected responses")
+    length: LengthConfig | None = None
+    margin: MarginConfig | None = None
+    ches: ChesConfig | None = None
 
 
 class OutputConfig(Strict):
@@ -59,15 +61,52 @@ class Recipe(Strict):
     description: str = ""
     inputs: Annotated[list[InputSpec], Field(min_length=1)]
     ingest: IngestConfig = IngestConfig()
+    dedup: DedupConfig | None = Field(None, description="Deduplicate prompts after ingest")
+    decontam: DecontamConfig | None = Field(None, description="Drop prompts that overlap benchmarks")
+    generate: GenerateConfig | None = Field(None, description="Candidate responses per prompt")
+    annotate: AnnotateConfig | None = Field(None, description="Score candidates")
     pairs: PairsConfig = PairsConfig()
+    filters: FiltersConfig = FiltersConfig()
     output: OutputConfig
 
     @model_validator(mode="after")
-    def _distinct_inputs(self) -> "Recipe":
+    def _consistent(self) -> "Recipe":
         paths = [i.path for i in self.inputs]
         if len(set(paths)) != len(paths):
             raise ValueError("inputs: the same path is listed twice")
+        if self.pairs.rule == "source":
+            if self.annotate is not None:
+                raise ValueError("pairs.rule: 'source' ignores annotation scores; choose a scored rule "
+                                 "(best_vs_worst, best_vs_random_lower, all_above_margin, pairwise_winners)")
+        elif self.annotate is None:
+            raise ValueError(f"pairs.rule: '{self.pairs.rule}' needs scores: add an annotate section")
+        if self.pairs.rule == "pairwise_winners" and self.annotate.method != "judge_pairwise":
+            raise ValueError("pairs.rule: 'pairwise_winners' needs annotate.method: judge_pairwise")
+        if self.annotate is not None and self.generate is None:
+            raise ValueError("annotate: needs candidates: add a generate section (models and/or "
+                             "include_source_responses: true)")
+        if self.generate is not None and self.annotate is None:
+            raise ValueError("generate: candidates need scores to become pairs: add an annotate section")
+        self._check_engines()
         return self
+
+    def _check_engines(self) -> None:
+        """A stage asking an engine for what it cannot do fails here, before any work."""
+        uses: list[tuple[str, str, set[str]]] = []
+        for i, m in enumerate(self.generate.models if self.generate else []):
+            uses.append((f"generate.models.{i}", m.engine, {GENERATE}))
+        if self.annotate is not None:
+            for role in self.annotate.roles():
+                ref = getattr(self.annotate.models, role)
+                needs = set(ANNOTATOR_NEEDS[role])
+                if role == "judge" and self.annotate.expectation:
+                    needs.add(TOP_LOGPROBS)
+                uses.append((f"annotate.models.{role}", ref.engine, needs))
+        for where, engine, needs in uses:
+            missing = sorted(needs - ENGINE_CAPABILITIES[engine])
+            if missing:
+                raise ValueError(f"{where}: engine {engine} does not support {', '.join(missing)} "
+                                 f"(it supports {', '.join(sorted(ENGINE_CAPABILITIES[engine]))})")
 
     def resolved(self) -> dict:
         """The recipe as plain data (defaults filled in), as recorded in manifests."""
@@ -82,17 +121,6 @@ class Recipe(Strict):
         return canonical_json({s: data.get(s) for s in sections})
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"{source}: {loc}: {msg}")
-    return "\n".join(lines)
-
-
 def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
     """Validate recipe data; input paths are resolved against `base_dir` and must exist."""
     if not isinstance(data, dict):
@@ -100,7 +128,7 @@ def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None =
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as err:
-        raise RecipeError(_format_error(source, err)) from None
+        raise RecipeError(format_error(source, err)) from None
     if base_dir is not None:
         inputs = []
         for i, spec in enumerate(recipe.inputs):

@@ -15,7 +15,7 @@ import xxhash
 
 import pipeline
 from pipeline.ids import content_id, file_sha256
-from pipeline.shards import list_shards, read_stats, stage_output, write_stats
+from pipeline.shards import read_stats, stage_output, write_stats
 from pipeline.stats import StageStats
 
 
@@ -43,23 +43,28 @@ def stage_key(stage: str, input_hashes: list[str], config: str) -> str:
     return content_id(f"{stage}-", input_hashes, config, code_version())
 
 
-def stage_result(directory: Path, stats: dict) -> dict:
+def stage_result(directory: Path, stats: dict, outputs: str = "part-*.parquet") -> dict:
+    """A finished stage directory as the small dict tasks pass around: shard paths and stats."""
     return {
         "dir": str(directory),
-        "outputs": [str(p) for p in list_shards(directory, "part")],
-        "dropped": [str(p) for p in sorted(directory.glob("dropped-*.parquet"))],
+        "outputs": [str(p) for p in sorted(directory.glob(outputs))],
+        "dropped": [str(p) for p in sorted(directory.rglob("dropped-*.parquet"))],
         "stats": stats,
         "key": directory.name,
     }
 
 
-def run_cached(work_root: Path, stage: str, key: str, compute: Callable[[Path], StageStats]) -> dict:
-    """Run `compute(tmp_dir)` unless `work_root/stage/key` already holds a finished result."""
+def run_cached(work_root: Path, stage: str, key: str, compute: Callable[[Path], StageStats],
+               outputs: str = "part-*.parquet") -> dict:
+    """Run `compute(tmp_dir)` unless `work_root/stage/key` already holds a finished result.
+
+    `outputs` is the glob (relative to the stage directory) of the shards the next stage reads.
+    """
     final = Path(work_root) / stage / key
     cached = read_stats(final)
     if cached is not None:
-        return {**stage_result(final, cached), "cached": True}
+        return {**stage_result(final, cached, outputs), "cached": True}
     with stage_output(final) as tmp:
         stats = compute(tmp).check().to_dict()
         write_stats(tmp, stats)
-    return {**stage_result(final, read_stats(final)), "cached": False}
+    return {**stage_result(final, read_stats(final), outputs), "cached": False}

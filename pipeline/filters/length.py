@@ -1,0 +1,79 @@
+"""Length guard: optionally drop pairs whose chosen response is much longer than the rejected one,
+and measure a version's length bias (how often the longer response is the chosen one).
+
+Judges and humans both favour longer answers; DPO then learns verbosity. `max_ratio: 2.0` drops
+pairs where len(chosen) > 2 * len(rejected) (`length_ratio`). Lengths are in characters or
+whitespace-separated words of the response text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+from pydantic import Field
+
+from pipeline.filters.pair_filter import Decision, filter_pairs, response_text
+from pipeline.config import Strict
+from pipeline.shards import DEFAULT_SHARD_ROWS
+from pipeline.stats import StageStats
+
+STAGE = "length"
+
+
+class LengthConfig(Strict):
+    max_ratio: float | None = Field(
+        None, gt=1, description="drop pairs whose chosen is longer than this times the rejected")
+    unit: Literal["chars", "words"] = "chars"
+
+
+def text_length(text: str, unit: str) -> int:
+    return len(text.split()) if unit == "words" else len(text)
+
+
+def length_shard(in_shard: Path, out_dir: Path, config: LengthConfig,
+                 shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
+    """Record both lengths in each pair's metadata; drop `length_ratio` pairs when configured."""
+
+    def decide(row: dict, meta: dict) -> Decision:
+        n_c = text_length(response_text(row["chosen"]), config.unit)
+        n_r = text_length(response_text(row["rejected"]), config.unit)
+        scores = {"length_chosen": n_c, "length_rejected": n_r}
+        if config.max_ratio is not None and n_c > config.max_ratio * max(n_r, 1):
+            return "length_ratio", f"chosen {n_c} vs rejected {n_r} {config.unit}", scores
+        return None, "", scores
+
+    return filter_pairs(in_shard, out_dir, STAGE, decide, shard_rows)
+
+
+def _lengths(column: str, unit: str) -> pl.Expr:
+    text = pl.col(column).list.eval(pl.element().struct.field("content")).list.join("")
+    if unit == "words":
+        return text.str.count_matches(r"\S+")
+    return text.str.len_chars()
+
+
+def length_bias(shards: list[Path], unit: str = "chars") -> dict:
+    """Length statistics of a set of pair shards, for the manifest:
+    `longer_chosen_rate` = share of pairs (of unequal length) whose chosen response is longer."""
+    if not shards:
+        return {"pairs": 0, "unit": unit, "longer_chosen": 0, "equal_length": 0,
+                "longer_chosen_rate": None, "mean_length_chosen": None,
+                "mean_length_rejected": None}
+    frame = (pl.scan_parquet([str(s) for s in shards])
+             .select(_lengths("chosen", unit).alias("c"), _lengths("rejected", unit).alias("r"))
+             .select(pl.len().alias("pairs"),
+                     (pl.col("c") > pl.col("r")).sum().alias("longer_chosen"),
+                     (pl.col("c") == pl.col("r")).sum().alias("equal_length"),
+                     pl.col("c").mean().alias("mean_length_chosen"),
+                     pl.col("r").mean().alias("mean_length_rejected"))
+             .collect().row(0, named=True))
+    unequal = frame["pairs"] - frame["equal_length"]
+    return {
+        "pairs": frame["pairs"], "unit": unit,
+        "longer_chosen": frame["longer_chosen"], "equal_length": frame["equal_length"],
+        "longer_chosen_rate": frame["longer_chosen"] / unequal if unequal else None,
+        "mean_length_chosen": frame["mean_length_chosen"],
+        "mean_length_rejected": frame["mean_length_rejected"],
+    }

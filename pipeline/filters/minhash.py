@@ -1,0 +1,167 @@
+"""Vectorised MinHash signatures and LSH banding over whole batches of documents.
+
+Two sketches, both producing a (docs x num_perm) uint32 signature whose equal-slot fraction
+estimates Jaccard similarity of the documents' shingle sets:
+
+- `oph` (default): one-permutation hashing (Li et al. 2012) with densification (
+  Shrivastava & Li 2014). Each shingle is hashed once and lands in one of num_perm bins, so the cost
+  is O(shingles) instead of O(shingles x num_perm); empty bins borrow the nearest filled bin's value (left or right by a
+  fixed random bit per bin), which keeps the estimator consistent across documents.
+- `kperm`: classic num_perm independent hash functions (multiply-xorshift on 32-bit shingle
+  hashes), evaluated in cache-sized chunks with in-place numpy ufuncs.
+
+Band/row counts default to datasketch's own optimum (`MinHashLSH(threshold, num_perm, weights).b/.r`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from datasketch import MinHashLSH
+
+from pipeline.filters.normalize import _P, mix64
+
+EMPTY = np.uint32(0xFFFFFFFF)
+
+
+def lsh_params(threshold: float, num_perm: int, bands: int | None, rows: int | None,
+               fn_weight: float = 0.7) -> tuple[int, int]:
+    """(bands, rows): given ones win; otherwise datasketch's optimum for the given weight of
+    false negatives vs false positives (candidates are verified, so misses cost more)."""
+    if bands and rows:
+        if bands * rows > num_perm:
+            raise ValueError(f"bands*rows = {bands * rows} exceeds num_perm = {num_perm}")
+        return bands, rows
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(1 - fn_weight, fn_weight))
+    return lsh.b, lsh.r
+
+
+def _seed_mix(seed: int) -> np.uint64:
+    return mix64(np.array([seed + 0x5EED], np.uint64))[0]
+
+
+def oph_signatures(grams: np.ndarray, docs: np.ndarray, n_docs: int, num_perm: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One-permutation hashing, densified by rotation. Returns (signatures, has_shingles)."""
+    k = num_perm
+    h = mix64(grams ^ _seed_mix(seed))
+    bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
+    vals = (h & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    sig = np.full(n_docs * k, EMPTY, np.uint32)
+    keys = docs.astype(np.int64) * k + bins
+    np.minimum.at(sig, keys, vals)
+    filled = np.zeros(n_docs * k, bool)
+    filled[keys] = True
+    sig, filled = sig.reshape(n_docs, k), filled.reshape(n_docs, k)
+    has = filled.any(axis=1)
+    return densify(sig, filled, seed), has
+
+
+def densify(sig: np.ndarray, filled: np.ndarray, seed: int) -> np.ndarray:
+    """Fill empty bins from the nearest filled bin, left or right by a fixed random bit per bin
+    (Shrivastava & Li 2014), offset by the distance so borrowed values differ from their source."""
+    n, k = sig.shape
+    if filled.all() or n == 0:
+        return sig
+    ar = np.arange(k, dtype=np.int32)
+    pos = np.where(filled, ar, np.int32(2 * k))
+    right = np.minimum.accumulate(pos[:, ::-1], axis=1)[:, ::-1]
+    first = pos.min(axis=1, keepdims=True)
+    right = np.where(right >= k, first + k, right)
+    pos = np.where(filled, ar, np.int32(-k - 1))
+    left = np.maximum.accumulate(pos, axis=1)
+    last = pos.max(axis=1, keepdims=True)
+    left = np.where(left < 0, last - k, left)
+    go_right = np.random.RandomState(seed + 7).randint(0, 2, k).astype(bool)
+    src = np.where(go_right, right, left)
+    dist = np.abs(src - ar).astype(np.uint32)
+    borrowed = np.take_along_axis(sig, src % k, axis=1) + dist * np.uint32(0x9E3779B1)
+    return np.where(filled, sig, borrowed)
+
+
+def kperm_signatures(grams: np.ndarray, docs: np.ndarray, n_docs: int, num_perm: int, seed: int,
+                     chunk: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """num_perm independent hash functions h_p(x) = xorshift((x ^ b_p) * a_p) on 32-bit x."""
+    rng = np.random.RandomState(seed)
+    a = (rng.randint(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1))[:, None]
+    b = rng.randint(0, 2**32, num_perm, dtype=np.uint64).astype(np.uint32)[:, None]
+    x = mix64(grams ^ _seed_mix(seed))
+    x = (x >> np.uint64(32)).astype(np.uint32)
+    sig = np.full((n_docs, num_perm), EMPTY, np.uint32)
+    has = np.zeros(n_docs, bool)
+    has[docs] = True
+    if not len(x):
+        return sig, has
+    buf = np.empty((num_perm, chunk), np.uint32)
+    tmp = np.empty((num_perm, chunk), np.uint32)
+    start = 0
+    while start < len(x):
+        # chunk boundaries never split a document
+        end = min(len(x), start + chunk)
+        if end < len(x):
+            cut = np.searchsorted(docs[start:end], docs[end - 1], "left") + start
+            end = cut if cut > start else end
+        n = end - start
+        h, t = buf[:, :n], tmp[:, :n]
+        np.bitwise_xor(x[None, start:end], b, out=h)
+        np.multiply(h, a, out=h)
+        np.right_shift(h, np.uint32(15), out=t)
+        np.bitwise_xor(h, t, out=h)
+        d = docs[start:end]
+        seg = np.flatnonzero(np.r_[True, d[1:] != d[:-1]])
+        sig[d[seg]] = np.minimum.reduceat(h, seg, axis=1).T
+        start = end
+    return sig, has
+
+
+SKETCHES = {"oph": oph_signatures, "kperm": kperm_signatures}
+
+
+def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(docs x bands) uint64 keys: a hash of each band's `rows` signature values."""
+    keys = np.zeros((sig.shape[0], bands), np.uint64)
+    s = sig.astype(np.uint64)
+    for j in range(rows):
+        keys *= _P
+        keys += s[:, j:bands * rows:rows]
+    for i in range(bands):
+        keys[:, i] = mix64(keys[:, i] ^ np.uint64(i))
+    return keys
+
+
+def candidate_pairs(keys: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """(m x 2) pairs (later, earlier) of active rows that share a band key.
+
+    Within each bucket every member is paired with the bucket's first (lowest index) member and
+    with its predecessor, which connects the bucket without enumerating all its pairs.
+    """
+    idx = np.flatnonzero(active)
+    out = []
+    for band in range(keys.shape[1]):
+        k = keys[idx, band]
+        order = np.lexsort((idx, k))
+        ks, ids = k[order], idx[order]
+        new = np.r_[True, ks[1:] != ks[:-1]]
+        group = np.cumsum(new) - 1
+        first = ids[np.flatnonzero(new)][group]
+        member = ~new
+        out.append(np.stack([ids[member], first[member]], 1))
+        prev = np.r_[ids[:1], ids[:-1]]
+        pred = member & (prev != first)
+        out.append(np.stack([ids[pred], prev[pred]], 1))
+    if not out:
+        return np.zeros((0, 2), np.int64)
+    pairs = np.concatenate(out)
+    if not len(pairs):
+        return pairs
+    n = np.int64(len(active))
+    flat = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    return np.stack([flat // n, flat % n], 1)
+
+
+def estimate_jaccard(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536
+                     ) -> np.ndarray:
+    """Fraction of equal signature slots for each pair (a[i], b[i])."""
+    out = np.empty(len(a), np.float64)
+    for s in range(0, len(a), chunk):
+        out[s:s + chunk] = (sig[a[s:s + chunk]] == sig[b[s:s + chunk]]).mean(axis=1)
+    return out

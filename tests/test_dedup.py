@@ -1,0 +1,176 @@
+"""Dedup on real prompts: exact, MinHash near-dup recall vs brute-force Jaccard, incremental, semantic."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.filters.dedup import DedupConfig, NearDupConfig, SemanticConfig, dedup_shards
+from pipeline.filters.normalize import normalize_texts
+from pipeline.ids import content_id
+from pipeline.shards import ShardWriter, count_rows, list_shards
+from pipeline.tables import CONVERSATION
+
+
+def real_prompts(real: Path) -> list[str]:
+    """Distinct real prompts: AlpacaEval, self-instruct, Auto-J (first-seen order)."""
+    texts = [r["instruction"] for r in json.loads(
+        (real / "prompts/alpaca_eval_text-davinci-003_outputs.json").read_text())]
+    texts += [json.loads(line)["instruction"] for line in
+              (real / "prompts/self-instruct_user_oriented_instructions.jsonl").open()]
+    with gzip.open(real / "preference/autoj_testdata_pairwise.jsonl.gz", "rt") as f:
+        texts += [json.loads(line)["prompt"] for line in f]
+    seen, out = set(), []
+    for t, n in zip(texts, normalize_texts(texts).to_pylist()):
+        if n and n not in seen:
+            seen.add(n)
+            out.append(t)
+    return out
+
+
+def conversation(text: str, n: int, source: str = "test") -> dict:
+    prompt = [{"role": "user", "content": text}]
+    return {"id": content_id("c", source, n, text), "source": source, "source_row": n, "format": "prompt",
+            "messages": prompt, "prompt": prompt, "responses": [], "metadata": "{}"}
+
+
+def write_conversations(directory: Path, texts: list[str], shard_rows: int = 250,
+                        source: str = "test") -> list[Path]:
+    with ShardWriter(directory, CONVERSATION, shard_rows=shard_rows) as w:
+        for n, t in enumerate(texts):
+            w.write(conversation(t, n, source))
+    return list_shards(directory)
+
+
+def mutate(text: str, rng: random.Random, edits: int) -> str:
+    """A light edit: replace/delete/duplicate a few words."""
+    words = text.split()
+    for _ in range(edits):
+        i = rng.randrange(len(words))
+        op = rng.random()
+        if op < 0.4:
+            words[i] = words[i][::-1]
+        elif op < 0.7 and len(words) > 1:
+            del words[i]
+        else:
+            words.insert(i, words[i])
+    return " ".join(words)
+
+
+def shingles(norm: str, k: int = 3) -> set:
+    w = norm.split()
+    return {tuple(w[i:i + k]) for i in range(max(1, len(w) - k + 1))}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def dropped(out: Path) -> list[dict]:
+    paths = list_shards(out, "dropped-dedup")
+    return [r for p in paths for r in pq.read_table(p).to_pylist()]
+
+
+@pytest.fixture(scope="session")
+def prompts(real_data) -> list[str]:
+    return real_prompts(real_data)
+
+
+def check_accounting(stats, in_shards, out):
+    assert stats.rows_in == stats.rows_out + stats.rows_dropped == count_rows(in_shards)
+    assert count_rows(list_shards(out)) == stats.rows_out
+    assert count_rows(list_shards(out, "dropped-dedup")) == stats.rows_dropped
+    assert len(list_shards(out)) == len(in_shards)
+
+
+def test_exact_duplicates_after_normalisation_keep_the_first(prompts, tmp_path):
+    base = prompts[:300]
+    variants = ["  " + t.upper().replace(" ", "\n ") + "  " for t in base[:40]]  # re-cased, re-spaced
+    texts = base + variants + base[:10]
+    shards = write_conversations(tmp_path / "in", texts)
+    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)))
+    check_accounting(stats, shards, tmp_path / "out")
+    drops = dropped(tmp_path / "out")
+    ids = [conversation(t, n)["id"] for n, t in enumerate(texts)]
+    assert {d["row_id"] for d in drops} == set(ids[300:])
+    by_row = {d["row_id"]: d for d in drops}
+    for n in range(300, len(texts)):
+        first = n - 300 if n < 340 else n - 340
+        assert by_row[ids[n]]["reason"] == "exact_duplicate"
+        assert by_row[ids[n]]["match_id"] == ids[first]
+    kept = [r["id"] for p in list_shards(tmp_path / "out") for r in pq.read_table(p).to_pylist()]
+    assert kept == ids[:300]
+
+
+@pytest.mark.parametrize("sketch", ["oph", "kperm"])
+def test_near_duplicate_recall_against_brute_force_jaccard(prompts, tmp_path, sketch):
+    rng = random.Random(7)
+    originals = [t for t in prompts if len(t.split()) >= 25][:500]
+    planted = [mutate(t, rng, rng.randint(1, 3)) for t in originals[:250]]
+    texts = originals + planted
+    threshold = 0.8
+    norm = normalize_texts(texts).to_pylist()
+    sets = [shingles(n) for n in norm]
+    # brute force: every row that has an earlier row at Jaccard >= threshold
+    truth = {j for j in range(len(texts)) for i in range(j) if jaccard(sets[i], sets[j]) >= threshold}
+    assert len(truth) >= 150  # the planted mutations really are near duplicates
+    shards = write_conversations(tmp_path / "in", texts)
+    config = DedupConfig(exact=False, near=NearDupConfig(threshold=threshold, sketch=sketch))
+    stats = dedup_shards(shards, tmp_path / "out", config)
+    check_accounting(stats, shards, tmp_path / "out")
+    ids = {conversation(t, n)["id"]: n for n, t in enumerate(texts)}
+    drops = {ids[d["row_id"]]: ids[d["match_id"]] for d in dropped(tmp_path / "out")}
+    recall = len(truth & drops.keys()) / len(truth)
+    close = [jaccard(sets[r], sets[m]) >= threshold - 0.2 for r, m in drops.items()]
+    assert all(m < r for r, m in drops.items())  # the earlier row is kept
+    assert recall >= 0.8, recall
+    assert np.mean(close) >= 0.95  # dropped rows really resemble the row they were matched to
+
+
+def test_incremental_build_drops_exactly_the_old_rows(prompts, tmp_path):
+    old, new = prompts[:400], prompts[400:700]
+    first = write_conversations(tmp_path / "in1", old, source="v1")
+    stats1 = dedup_shards(first, tmp_path / "v1", DedupConfig())
+    alone = write_conversations(tmp_path / "in-new", new, source="v2")
+    assert dedup_shards(alone, tmp_path / "alone", DedupConfig()).rows_dropped == 0
+    kept1 = {r["id"] for p in list_shards(tmp_path / "v1") for r in pq.read_table(p).to_pylist()}
+    # second build: new rows interleaved with old ones (same prompts, re-ingested under new ids)
+    mixed = []
+    for n in range(max(len(old), len(new))):
+        mixed += ([new[n]] if n < len(new) else []) + [old[n]] if n < len(old) else [new[n]]
+    second = write_conversations(tmp_path / "in2", mixed, source="v2")
+    stats2 = dedup_shards(second, tmp_path / "v2", DedupConfig(), previous_indexes=[tmp_path / "v1" / "index"])
+    check_accounting(stats2, second, tmp_path / "v2")
+    old_norm = set(normalize_texts(old).to_pylist())
+    expected = {conversation(t, n, "v2")["id"] for n, t in enumerate(mixed)
+                if normalize_texts([t])[0].as_py() in old_norm}
+    drops = dropped(tmp_path / "v2")
+    assert {d["row_id"] for d in drops} == expected
+    assert stats1.rows_out == len(kept1)
+    assert all(d["match_id"] in kept1 for d in drops)  # matched to the earlier version's rows
+
+
+def test_semantic_dedup_catches_rewordings_and_persists_embeddings(prompts, tmp_path):
+    base = [t for t in prompts if 8 <= len(t.split()) <= 40][:60]
+    reworded = ["Hey, could you help me with this? " + t for t in base[:15]]
+    config = DedupConfig(exact=False, near=NearDupConfig(enabled=False),
+                         semantic=SemanticConfig(enabled=True, threshold=0.85))
+    shards = write_conversations(tmp_path / "in", base + reworded)
+    stats = dedup_shards(shards, tmp_path / "out", config)
+    check_accounting(stats, shards, tmp_path / "out")
+    drops = dropped(tmp_path / "out")
+    ids = [conversation(t, n)["id"] for n, t in enumerate(base + reworded)]
+    sem = {d["row_id"]: d["match_id"] for d in drops if d["reason"] == "semantic_duplicate"}
+    hit = [ids[60 + i] in sem and sem[ids[60 + i]] == ids[i] for i in range(15)]
+    assert sum(hit) >= 13, hit
+    assert len(sem.keys() & set(ids[:60])) <= 1  # distinct real prompts stay
+    # a later build sees the persisted embeddings
+    again = write_conversations(tmp_path / "in2", reworded[:5], source="v2")
+    stats2 = dedup_shards(again, tmp_path / "out2", config, previous_indexes=[tmp_path / "out" / "index"])
+    assert stats2.rows_dropped == 5

@@ -1,0 +1,174 @@
+"""Local engines on real components: vLLM CPU and transformers on a tiny random Llama built at test
+time, a tiny sequence-classification reward model, and the packaged Qwen2.5-Coder-0.5B-Instruct."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from pipeline.engines import chat
+from pipeline.engines.base import (GENERATE, HIDDEN_STATES, REWARD, SCORE, ChatRequest, SamplingParams,
+                                   ScoreRequest, UnsupportedCapability, require)
+
+SCORE_REQUESTS = [
+    ScoreRequest((("user", "What is the capital of France?"),), "The capital of France is Paris."),
+    ScoreRequest((("user", "Give me a word."),), "Hello"),
+    ScoreRequest((("user", "Hi"), ("assistant", "Hello! How can I help?"), ("user", "Tell me a story.")),
+                 "Once upon a time, a cat lived in a quiet village by the sea.",
+                 system="You are a kind storyteller."),
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_engine(tiny_model_dir):
+    from pipeline.engines.hf_engine import TransformersEngine
+
+    return TransformersEngine(tiny_model_dir, dtype="float32", batch_size=2)
+
+
+def test_vllm_generates_n_samples_reproducibly(tiny_vllm_engine):
+    params = SamplingParams(n=3, temperature=1.0, max_tokens=12, seed=11)
+    requests = [ChatRequest((("user", "What is 2+2?"),), params),
+                ChatRequest((("user", "Name a colour."),), SamplingParams(n=2, temperature=1.0,
+                                                                        max_tokens=8, seed=5))]
+    first = tiny_vllm_engine.generate(requests)
+    assert [len(c) for c in first] == [3, 2]
+    for completion in first[0]:
+        assert completion.completion_tokens >= 1
+        assert completion.finish_reason in ("stop", "length")
+        assert completion.prompt_tokens == len(tiny_vllm_engine.prompt_ids(requests[0]))
+    # n samples from one seed differ from each other (random weights, temperature 1)
+    assert len({c.text for c in first[0]}) > 1
+    again = tiny_vllm_engine.generate(list(reversed(requests)))[::-1]  # another batch order
+    assert [[c.text for c in cs] for cs in again] == [[c.text for c in cs] for cs in first]
+    other_seed = tiny_vllm_engine.generate([ChatRequest(requests[0].messages,
+                                                        SamplingParams(n=3, temperature=1.0,
+                                                                       max_tokens=12, seed=12))])
+    assert [c.text for c in other_seed[0]] != [c.text for c in first[0]]
+
+
+def test_vllm_top_logprobs_are_top_k_of_a_distribution(tiny_vllm_engine):
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=6, seed=0, logprobs=3)
+    [[completion]] = tiny_vllm_engine.generate([ChatRequest((("user", "Hello"),), params)])
+    assert len(completion.top_logprobs) == completion.completion_tokens
+    for position in completion.top_logprobs:
+        assert 1 <= len(position) <= 3
+        assert all(lp <= 0 for lp in position.values())
+        assert sum(np.exp(list(position.values()))) <= 1 + 1e-4
+
+
+def test_vllm_scores_equal_transformers_scores(tiny_vllm_engine, tiny_hf_engine):
+    v = tiny_vllm_engine.score(SCORE_REQUESTS)
+    h = tiny_hf_engine.score(SCORE_REQUESTS)
+    for req, a, b in zip(SCORE_REQUESTS, v, h):
+        assert a.num_tokens == b.num_tokens == len(chat.response_ids(tiny_hf_engine.tokenizer, req.response))
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-3, rtol=0)
+        assert abs(a.total - b.total) < 1e-3
+    # the scores depend on the prompt: the same response under another prompt scores differently
+    moved = tiny_vllm_engine.score([ScoreRequest((("user", "Tell me a story."),), SCORE_REQUESTS[0].response)])
+    assert abs(moved[0].total - v[0].total) > 1e-3
+
+
+def test_greedy_generation_same_in_both_engines(tiny_vllm_engine, tiny_hf_engine):
+    """Both engines build the same prompt ids, so greedy decoding yields the same tokens and the
+    same top log-probs."""
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=8, seed=0, logprobs=2)
+    requests = [ChatRequest((("user", "Write something."),), params),
+                ChatRequest((("user", "Hi"),), params, system="Answer briefly.")]
+    for v, h in zip(tiny_vllm_engine.generate(requests), tiny_hf_engine.generate(requests)):
+        assert v[0].prompt_tokens == h[0].prompt_tokens
+        assert v[0].text == h[0].text and v[0].completion_tokens == h[0].completion_tokens
+        for pv, ph in zip(v[0].top_logprobs, h[0].top_logprobs):
+            assert max(pv.values()) == pytest.approx(max(ph.values()), abs=1e-3)
+
+
+def test_transformers_hidden_states_shape_and_batching(tiny_hf_engine, tiny_model_dir):
+    states = tiny_hf_engine.hidden_states(SCORE_REQUESTS)
+    for req, h in zip(SCORE_REQUESTS, states):
+        n = len(chat.response_ids(tiny_hf_engine.tokenizer, req.response))
+        assert h.shape == (n, 64) and h.dtype == np.float32
+    # batching (padding, sorting by length) does not change a request's states
+    alone = tiny_hf_engine.hidden_states([SCORE_REQUESTS[2]])[0]
+    np.testing.assert_allclose(alone, states[2], atol=1e-4)
+
+
+def test_transformers_generation(tiny_hf_engine):
+    params = SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=3, logprobs=2)
+    req = ChatRequest((("user", "What is 2+2?"),), params)
+    first = tiny_hf_engine.generate([req])
+    assert len(first[0]) == 2
+    assert all(1 <= c.completion_tokens <= 10 and len(c.top_logprobs) == c.completion_tokens
+               for c in first[0])
+    again = tiny_hf_engine.generate([req])
+    assert [c.text for c in again[0]] == [c.text for c in first[0]]
+
+
+def test_reward_model_matches_direct_forward(tiny_reward_model_dir):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pipeline.engines.hf_engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_reward_model_dir, dtype="float32", batch_size=2)
+    require("transformers", engine.capabilities, {REWARD})
+    with pytest.raises(UnsupportedCapability):
+        require("transformers", engine.capabilities, {SCORE})
+    rewards = engine.reward(SCORE_REQUESTS)
+    assert len(rewards) == len(SCORE_REQUESTS) and all(isinstance(r, float) for r in rewards)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_model_dir).eval()
+    for req, r in zip(SCORE_REQUESTS, rewards):
+        ids = chat.conversation_ids(engine.tokenizer, req.prompt, req.response, req.system)
+        with torch.inference_mode():
+            direct = model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        assert r == pytest.approx(direct, abs=1e-4)
+    assert len(set(rewards)) == len(rewards)  # different conversations, different rewards
+
+
+def test_capabilities(tiny_vllm_engine, tiny_hf_engine):
+    require("vllm", tiny_vllm_engine.capabilities, {GENERATE, SCORE})
+    with pytest.raises(UnsupportedCapability, match="hidden_states"):
+        require("vllm", tiny_vllm_engine.capabilities, {HIDDEN_STATES})
+    with pytest.raises(UnsupportedCapability):
+        tiny_vllm_engine.hidden_states(SCORE_REQUESTS)
+    require("transformers", tiny_hf_engine.capabilities, {GENERATE, SCORE, HIDDEN_STATES})
+
+
+def test_plain_format_for_models_without_chat_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = None
+    tok.add_bos_token = True
+    text = chat.prompt_text(tok, (("user", "Hi"), ("assistant", "Hello"), ("user", "Bye")), system="Be brief.")
+    assert text == "Be brief.\n\nUser: Hi\nAssistant: Hello\nUser: Bye\nAssistant: "
+    ids, n_prompt = chat.scoring_ids(tok, (("user", "Hi"),), "Hello there")
+    assert ids[0] == tok.bos_token_id
+    assert tok.decode(ids[n_prompt:]) == "Hello there"
+
+
+# -- the packaged default model (converted once into the cache dir) ---------------------------
+
+@pytest.fixture(scope="session")
+def packaged_vllm_engine(packaged_model_dir):
+    from pipeline.engines.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(packaged_model_dir, model_id="qwen2.5-coder-0.5b-instruct", max_model_len=2048)
+    yield engine
+    engine.close()
+
+
+def test_packaged_qwen_answers_and_scores_sensibly(packaged_vllm_engine):
+    question = (("user", "What is 2+2? Answer with one short sentence."),)
+    [[answer]] = packaged_vllm_engine.generate(
+        [ChatRequest(question, SamplingParams(temperature=0.0, max_tokens=16, seed=0))])
+    assert answer.text.strip()
+    assert "4" in answer.text or "four" in answer.text.lower()
+
+    sensible = "The answer is 4, because two plus two equals four."
+    words = sensible.split()
+    random.Random(0).shuffle(words)
+    shuffled = " ".join(words)
+    good, bad = packaged_vllm_engine.score([ScoreRequest(question, sensible), ScoreRequest(question, shuffled)])
+    assert good.total / good.num_tokens > bad.total / bad.num_tokens + 1.0
