@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,6 +57,8 @@ class GeneratorSpec(Strict):
     api_key_env: str | None = Field(
         None, description="http: NAME of the environment variable holding the API key")
     max_concurrency: int = Field(16, ge=1, description="http: requests in flight")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="vllm/transformers: engine keyword arguments (dtype, max_model_len, ...)")
 
     @model_validator(mode="after")
     def _http_fields(self) -> "GeneratorSpec":

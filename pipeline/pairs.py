@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import pyarrow as pa
 from pydantic import Field
 
 from pipeline.ids import pair_id
@@ -32,34 +31,12 @@ from pipeline.progress import report
 from pipeline.config import Strict
 from pipeline.shards import DEFAULT_SHARD_ROWS, DroppedWriter, ShardWriter, iter_rows
 from pipeline.stats import StageStats
-from pipeline.tables import MESSAGES, PAIR
+from pipeline.tables import PAIR, SCORED_CANDIDATE
 
 STAGE = "pairs"
 RULES = ("source", "best_vs_worst", "best_vs_random_lower", "all_above_margin", "pairwise_winners")
 
 # All candidates of the pair stage's input with their annotation: the `candidates` table.
-SCORED_CANDIDATE = pa.schema(
-    [
-        ("candidate_id", pa.string()),
-        ("conversation_id", pa.string()),
-        ("prompt", MESSAGES),
-        ("response", pa.string()),
-        ("model", pa.string()),
-        ("origin", pa.string()),
-        ("source_label", pa.string()),
-        ("annotator", pa.string()),
-        ("status", pa.string()),  # ok | failed | missing (no annotation row)
-        ("score", pa.float64()),
-        ("score_argmax", pa.float64()),
-        ("score_expectation", pa.float64()),
-        ("aspects", pa.string()),
-        ("rationale", pa.string()),
-        ("rank", pa.int32()),  # dense rank among the prompt's usable candidates (1 = best)
-        ("excluded", pa.string()),  # null, or why it could not take part: annotation_failed ...
-        ("times_chosen", pa.int32()),
-        ("times_rejected", pa.int32()),
-    ]
-)
 
 
 class PairsConfig(Strict):

@@ -76,9 +76,10 @@ def open_generators(recipe: Recipe) -> dict:
             engines[spec.name] = open_http_engine(spec)
             continue
         model = spec.model or spec.name
-        if (model, spec.engine) not in shared:
-            shared[(model, spec.engine)] = load_engine(model, spec.engine)
-        engines[spec.name] = shared[(model, spec.engine)]
+        key = (model, spec.engine, json.dumps(spec.options, sort_keys=True))
+        if key not in shared:
+            shared[key] = load_engine(model, spec.engine, **spec.options)
+        engines[spec.name] = shared[key]
     return engines
 
 
@@ -208,6 +209,10 @@ def manifest_extras(recipe: Recipe, stage_results: dict[str, list[dict]]) -> tup
         if report.exists():
             extra["decontamination"] = json.loads(report.read_text())
             files[f"reports/{REPORT_FILE}"] = report
+    from pipeline.filters.length import length_bias
+
+    final = [Path(p) for r in list(stage_results.values())[-1] for p in r["outputs"]]
+    extra["length_bias"] = length_bias(final)
     if "pairs" in stage_results:
         candidates = [p for r in stage_results["pairs"] for p in sorted(Path(r["dir"]).glob("candidates-*.parquet"))]
         files.update({f"candidates/candidates-{i:05d}.parquet": p for i, p in enumerate(candidates)})

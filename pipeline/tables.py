@@ -96,6 +96,31 @@ COMPARISON = pa.schema(
     ]
 )
 
+# Every candidate of a published version with its score and how the pair rule used it.
+SCORED_CANDIDATE = pa.schema(
+    [
+        ("candidate_id", pa.string()),
+        ("conversation_id", pa.string()),
+        ("prompt", MESSAGES),
+        ("response", pa.string()),
+        ("model", pa.string()),
+        ("origin", pa.string()),
+        ("source_label", pa.string()),
+        ("annotator", pa.string()),
+        ("status", pa.string()),  # ok | failed | missing (no annotation row)
+        ("score", pa.float64()),
+        ("score_argmax", pa.float64()),
+        ("score_expectation", pa.float64()),
+        ("aspects", pa.string()),
+        ("rationale", pa.string()),
+        ("rank", pa.int32()),  # dense rank among the prompt's usable candidates (1 = best)
+        ("excluded", pa.string()),  # null, or why it could not take part: annotation_failed ...
+        ("times_chosen", pa.int32()),
+        ("times_rejected", pa.int32()),
+    ]
+)
+
+
 PAIR = pa.schema(
     [
         ("pair_id", pa.string()),
@@ -137,6 +162,7 @@ TABLES: dict[str, pa.Schema] = {
     "candidate": CANDIDATE,
     "annotation": ANNOTATION,
     "comparison": COMPARISON,
+    "scored_candidate": SCORED_CANDIDATE,
     "pair": PAIR,
     "dropped": DROPPED,
 }

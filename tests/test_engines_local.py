@@ -150,15 +150,6 @@ def test_plain_format_for_models_without_chat_template(tiny_model_dir):
 
 # -- the packaged default model (converted once into the cache dir) ---------------------------
 
-@pytest.fixture(scope="session")
-def packaged_vllm_engine(packaged_model_dir):
-    from pipeline.engines.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(packaged_model_dir, model_id="qwen2.5-coder-0.5b-instruct", max_model_len=2048)
-    yield engine
-    engine.close()
-
-
 def test_packaged_qwen_answers_and_scores_sensibly(packaged_vllm_engine):
     question = (("user", "What is 2+2? Answer with one short sentence."),)
     [[answer]] = packaged_vllm_engine.generate(
@@ -172,3 +163,24 @@ def test_packaged_qwen_answers_and_scores_sensibly(packaged_vllm_engine):
     shuffled = " ".join(words)
     good, bad = packaged_vllm_engine.score([ScoreRequest(question, sensible), ScoreRequest(question, shuffled)])
     assert good.total / good.num_tokens > bad.total / bad.num_tokens + 1.0
+
+
+# -- the model registry -------------------------------------------------------------------------
+
+def test_registry_resolves_names_directories_and_overrides(tmp_path, monkeypatch, tiny_model_dir):
+    from pipeline.engines.packaged import ModelNotFound, load_registry, part_files, resolve
+
+    shipped = load_registry()
+    assert {"qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "gemma3-270m"} <= set(shipped)
+    parts = part_files(shipped["qwen2.5-coder-0.5b-instruct"].packages)
+    assert [p.name for p in parts] == [f"part{i:02d}.bin" for i in range(1, 7)]
+
+    extra = tmp_path / "models.yaml"
+    extra.write_text(f"models:\n  mine: {{source: local, path: {tiny_model_dir}}}\n"
+                     "  big: {source: hub, id: org/big-model}\n")
+    monkeypatch.setenv("PREFPIPE_MODELS", str(extra))
+    assert resolve("mine") == str(tiny_model_dir)
+    assert resolve("big") == "org/big-model"
+    assert resolve(tiny_model_dir) == str(tiny_model_dir)
+    with pytest.raises(ModelNotFound, match="no-such-model"):
+        resolve("no-such-model")

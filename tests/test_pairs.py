@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.ids import content_id
-from pipeline.pairs import SCORED_CANDIDATE, PairsConfig, build_pairs
+from pipeline.pairs import PairsConfig, build_pairs
+from pipeline.tables import SCORED_CANDIDATE
 from pipeline.shards import ShardWriter, iter_rows, list_shards
 from pipeline.tables import ANNOTATION, CANDIDATE, COMPARISON, PAIR
 
