@@ -43,6 +43,9 @@ class RequestCache:
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
             "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # Persistent across processes: results offered for a key that was already stored, i.e.
+        # work a resumed run did again although it was finished (should stay 0).
+        self._conn.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, n INTEGER NOT NULL)")
         self.hits = 0
         self.misses = 0
         self.writes = 0
@@ -77,7 +80,13 @@ class RequestCache:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
+                before = self._conn.total_changes
                 self._conn.executemany("INSERT OR IGNORE INTO results VALUES (?, ?)", rows)
+                repeated = len(rows) - (self._conn.total_changes - before)
+                if repeated:
+                    self._conn.execute(
+                        "INSERT INTO counters VALUES ('recomputed', ?) "
+                        "ON CONFLICT(name) DO UPDATE SET n = n + excluded.n", (repeated,))
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
@@ -103,6 +112,16 @@ class RequestCache:
 
     def __repr__(self) -> str:
         return f"RequestCache({str(self.path)!r})"
+
+
+def recomputed(path: str | Path) -> int:
+    """How many finished requests were computed again by a later run (0 when resume works)."""
+    conn = sqlite3.connect(f"file:{Path(path)}?mode=ro", uri=True, timeout=30)
+    try:
+        row = conn.execute("SELECT n FROM counters WHERE name = 'recomputed'").fetchone()
+    finally:
+        conn.close()
+    return row[0] if row else 0
 
 
 def count_results(path: str | Path) -> int:

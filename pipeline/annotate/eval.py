@@ -238,6 +238,8 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
         m["seconds_per_pair"] = round(run["seconds"] / max(len(pairs), 1), 3)
         if "flip_rate" in run:
             m["flip_rate"] = run["flip_rate"]
+        if "p_a_wins" in run:  # per pair, to choose expectation_tie_band
+            m["p_a_wins"] = [None if x is None else round(x, 4) for x in run["p_a_wins"]]
         variants[name] = m
     return {
         "annotator": annotator_name(config, engines),
