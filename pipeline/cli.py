@@ -97,6 +97,12 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
         fail(str(err), 2)
     except StoreError as err:
         fail(str(err), 1)
+    except Exception as err:  # noqa: BLE001 - engines down, stage failures: one clear line, exit 1
+        from pipeline.engines.http_engine import EngineUnavailable
+
+        if not isinstance(err, EngineUnavailable):
+            raise
+        fail(f"build failed: {err} (finished work is kept; rerun to resume)", 1)
     version_dir = Path(result["version_dir"])
     manifest = read_manifest(version_dir)
     if result["published"]:

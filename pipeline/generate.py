@@ -58,7 +58,8 @@ class GeneratorSpec(Strict):
         None, description="http: NAME of the environment variable holding the API key")
     max_concurrency: int = Field(16, ge=1, description="http: requests in flight")
     options: dict[str, Any] = Field(
-        default_factory=dict, description="vllm/transformers: engine keyword arguments (dtype, max_model_len, ...)")
+        default_factory=dict, description="engine keyword arguments: vllm/transformers (dtype, max_model_len, ...), "
+                                  "http (timeout_s, max_attempts, retry_budget_s, backoff_s)")
 
     @model_validator(mode="after")
     def _http_fields(self) -> "GeneratorSpec":
@@ -95,7 +96,7 @@ def open_http_engine(spec: GeneratorSpec, tokenizer: str | Path | None = None):
     from pipeline.engines.http_engine import HttpEngine
 
     return HttpEngine(spec.model or spec.name, spec.base_urls, api_key_env=spec.api_key_env,
-                      max_concurrency=spec.max_concurrency, tokenizer=tokenizer)
+                      max_concurrency=spec.max_concurrency, tokenizer=tokenizer, **spec.options)
 
 
 def engine_kind(engine: Engine) -> str:

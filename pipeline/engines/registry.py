@@ -20,9 +20,9 @@ def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -
     """
     name = str(name_or_spec)
     if engine == "http":
-        from pipeline.engines.http_engine import HTTPEngine
+        from pipeline.engines.http_engine import HttpEngine
 
-        return HTTPEngine(model=name, **opts)
+        return HttpEngine(name, **opts)
     from pipeline.engines.packaged import resolve
 
     location = resolve(name_or_spec)

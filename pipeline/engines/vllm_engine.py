@@ -17,7 +17,8 @@ from pathlib import Path
 
 from pipeline.engines import chat
 from pipeline.engines.base import (GENERATE, SCORE, TOP_LOGPROBS, ChatRequest, Completion,
-                                   ScoreRequest, TokenScores, UnsupportedCapability)
+                                   RequestRejected, ScoreRequest, TokenScores,
+                                   UnsupportedCapability)
 
 
 def _saved_dtype(model_dir: str) -> str | None:
@@ -60,7 +61,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len}")
+            raise RequestRejected(f"prompt of {len(ids)} tokens does not fit max_model_len {self.max_model_len}")
         return TokensPrompt(prompt_token_ids=ids)
 
     def prompt_ids(self, request: ChatRequest) -> list[int]:
