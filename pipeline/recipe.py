@@ -138,7 +138,28 @@ def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None =
                 raise RecipeError(f"{source}: inputs.{i}.path: no such file or directory: {spec.path}")
             inputs.append(spec.model_copy(update={"path": str(path.resolve())}))
         recipe = recipe.model_copy(update={"inputs": inputs})
+        if recipe.decontam is not None:
+            recipe = recipe.model_copy(update={"decontam": _resolve_decontam(recipe.decontam, base_dir, source)})
     return recipe
+
+
+def _resolve_decontam(config: DecontamConfig, base_dir: Path, source: str) -> DecontamConfig:
+    """Paths of the benchmark registry relative to the recipe; every benchmark file must exist."""
+    from pipeline.filters.decontam import load_registry
+
+    update = {k: str((base_dir / getattr(config, k)).resolve())
+              for k in ("registry", "benchmarks_root") if getattr(config, k)}
+    config = config.model_copy(update=update)
+    try:
+        root, specs = load_registry(config.registry, config.benchmarks_root, config.benchmarks)
+    except (OSError, ValueError) as err:
+        raise RecipeError(f"{source}: decontam.registry: {err}") from None
+    missing = [str(root / s.file) for s in specs if not (root / s.file).is_file()]
+    if missing:
+        raise RecipeError(f"{source}: decontam.benchmarks_root: {len(missing)} benchmark file(s) not found, "
+                          f"e.g. {missing[0]} (point decontam.benchmarks_root at your copies, or list "
+                          f"the ones you have in decontam.benchmarks)")
+    return config
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -78,3 +78,27 @@ def test_exported_schemas_match_the_code():
         exported = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
         assert exported == schema_to_json(schema), f"schemas/{name}.schema.json is stale: python -m pipeline.tables"
     assert json.loads((REPO / "schemas/recipe.schema.json").read_text()) == Recipe.model_json_schema()
+
+
+STAGED = GOOD + """
+generate:
+  models: [{name: m, model: some-model, engine: vllm}]
+annotate:
+  method: reward_model
+  models: {reward: {engine: http, model: rm}}
+pairs: {rule: best_vs_worst}
+"""
+
+
+@pytest.mark.parametrize("text, field, message", [
+    (STAGED, "annotate.models.reward", "engine http does not support reward"),
+    (STAGED.replace("engine: http, model: rm", "engine: transformers, model: rm").replace(
+        "rule: best_vs_worst", "rule: pairwise_winners"), "pairs.rule", "needs annotate.method: judge_pairwise"),
+    (GOOD + "pairs: {rule: best_vs_worst}\n", "pairs.rule", "needs scores"),
+    (GOOD + "decontam: {benchmarks_root: /nonexistent}\n", "decontam.benchmarks_root", "not found"),
+])
+def test_stage_requirements_fail_before_work(recipe_dir, text, field, message):
+    path = write(recipe_dir, text)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}: " in str(err.value) and field in str(err.value) and message in str(err.value)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,6 +49,13 @@ class VLLMEngine:
         on_gpu = torch.cuda.is_available()
         if enforce_eager is None:
             enforce_eager = not on_gpu
+        if not on_gpu:
+            # CPU: an in-process engine starts fastest and uses least memory; the KV cache gets a
+            # fixed 1 GiB and the startup memory check a modest share (vLLM's default asks for
+            # 92% of the machine's RAM to be free). The environment and caller still win.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            llm_kwargs.setdefault("gpu_memory_utilization", 0.3)
         if dtype == "auto" and not on_gpu:
             dtype = _saved_dtype(self.path) or "auto"
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
