@@ -14,6 +14,8 @@ DEFAULTS = {
     "PREFECT_LOGGING_LOG_PRINTS": "false",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
+    # vLLM logs every engine detail at INFO; the CLI shows progress itself.
+    "VLLM_LOGGING_LEVEL": "WARNING",
 }
 
 

