@@ -256,3 +256,12 @@ def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = 
                            command, str(parent) if parent else None, work_root)
     publish_artifacts(Path(version), published=True)
     return {"version_dir": version, "published": True}
+
+
+def build_flow(dask_address: str | None = None):
+    """`build_dataset` on the local runner, or with its tasks on an existing Dask cluster."""
+    if not dask_address:
+        return build_dataset
+    from prefect_dask import DaskTaskRunner
+
+    return build_dataset.with_options(task_runner=DaskTaskRunner(address=dask_address))

@@ -82,13 +82,9 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
         load_recipe(recipe)  # fail before any work (and before Prefect starts)
     except RecipeError as err:
         fail(str(err), 2)
-    from flows.build import build_dataset
+    from flows.build import build_flow
 
-    flow_fn = build_dataset
-    if dask_address:
-        from prefect_dask import DaskTaskRunner
-
-        flow_fn = build_dataset.with_options(task_runner=DaskTaskRunner(address=dask_address))
+    flow_fn = build_flow(dask_address)
     command = "prefpipe build " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     try:
         with StageProgress():
