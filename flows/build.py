@@ -31,7 +31,7 @@ from pipeline.ingest import ingest_input  # noqa: E402
 from pipeline.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.runner import run_cached, stage_key  # noqa: E402
 from pipeline.store import data_root as resolve_root  # noqa: E402
-from pipeline.store import list_versions, read_manifest, version_name  # noqa: E402
+from pipeline.store import AlreadyPublished, list_versions, read_manifest, version_name  # noqa: E402
 
 
 def stage_cache_key(context, parameters) -> str:
@@ -133,10 +133,14 @@ def ches_task(recipe: Recipe, inputs: list, key: str, work_root: str) -> dict:
 @task(name="publish")
 def publish_task(root: str, recipe: Recipe, recipe_path: str, inputs: list[dict], key: str,
                  stage_results: dict[str, list[dict]], command: str | None, parent: str | None,
-                 work_dir: str) -> str:
+                 work_dir: str, force: bool) -> dict:
     extra, files = stages.manifest_extras(recipe, stage_results)
-    return str(B.publish_build(Path(root), recipe, recipe_path, inputs, key, stage_results, command,
-                               Path(parent) if parent else None, extra, Path(work_dir), files))
+    try:
+        path = B.publish_build(Path(root), recipe, recipe_path, inputs, key, stage_results, command,
+                               Path(parent) if parent else None, extra, Path(work_dir), files, force)
+    except AlreadyPublished as same:
+        return {"version_dir": str(same.path), "published": False}
+    return {"version_dir": str(path), "published": True}
 
 
 def map_shards(task_fn, stage: str, results: list[dict], config: str, **kwargs) -> list[dict]:
@@ -252,10 +256,10 @@ def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = 
     inputs_out = [{k: p.get(k) for k in ("path", "format", "max_rows", "license", "sha256", "bytes",
                                          "start_offset", "start_row")}
                   | {"rows_total": p.get("rows_total", p["start_row"])} for p in plans]
-    version = publish_task(str(root), recipe, str(recipe_path), inputs_out, key, results,
-                           command, str(parent) if parent else None, work_root)
-    publish_artifacts(Path(version), published=True)
-    return {"version_dir": version, "published": True}
+    outcome = publish_task(str(root), recipe, str(recipe_path), inputs_out, key, results,
+                           command, str(parent) if parent else None, work_root, force)
+    publish_artifacts(Path(outcome["version_dir"]), published=outcome["published"])
+    return outcome
 
 
 def build_flow(dask_address: str | None = None):

@@ -37,6 +37,7 @@ def serve_recipe(recipe_path: str, cron: str | None, interval: float | None, nam
         tags=["prefpipe", recipe.output.dataset],
         description=f"prefpipe: incremental builds of {recipe.output.dataset} from {path}",
         print_starting_message=False,
+        limit=1,  # one build at a time: a run that overlaps the next tick would race it
     )
 
 

@@ -40,7 +40,8 @@ def outputs(results: list[dict], kind: str = "outputs") -> list[Path]:
 def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dict], key: str,
                   stage_results: dict[str, list[dict]], command: str | None = None,
                   parent: Path | None = None, extra_manifest: dict | None = None,
-                  work_dir: Path | None = None, extra_files: dict[str, Path] | None = None) -> Path:
+                  work_dir: Path | None = None, extra_files: dict[str, Path] | None = None,
+                  force: bool = False) -> Path:
     """Publish the last stage's outputs (plus the parent version's rows for incremental builds).
 
     `stage_results` maps stage name -> its per-shard results (from `runner.run_cached`), in order;
@@ -72,6 +73,7 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
         return publish(root, recipe.output.dataset, parent_rows + data,
                        outputs([r for rs in stage_results.values() for r in rs], "dropped"),
                        manifest, write_card=write_card,
-                       extra_files={IDS_FILE: ids_path, **(extra_files or {})})
+                       extra_files={IDS_FILE: ids_path, **(extra_files or {})},
+                       unless_build_key=None if force else key)
     finally:
         ids_path.unlink(missing_ok=True)

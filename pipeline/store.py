@@ -33,6 +33,14 @@ class StoreError(RuntimeError):
     """Publishing or reading a version failed; the message says what and where."""
 
 
+class AlreadyPublished(Exception):
+    """An identical build (same build key) was published while this one ran."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self.path = path
+
+
 def data_root(explicit: str | Path | None = None) -> Path:
     """`--data-root`, else $PREFPIPE_DATA_ROOT, else ./data."""
     return Path(explicit or os.environ.get(ENV_DATA_ROOT) or "data").resolve()
@@ -138,12 +146,14 @@ def _freeze(directory: Path) -> None:
 
 def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[Path],
             manifest: dict, write_card: Callable[[Path, dict], None] | None = None,
-            extra_files: dict[str, Path] | None = None) -> Path:
+            extra_files: dict[str, Path] | None = None, unless_build_key: str | None = None) -> Path:
     """Assemble a version from shard files and publish it atomically; return its directory.
 
     `manifest` is completed with version, parent, created_at, files and row counts;
     `write_card(tmp_version_dir, manifest)` writes the data card before the rename;
     `extra_files` maps a relative path inside the version to a file to copy there.
+    With `unless_build_key`, a version already published under that build key (by a concurrent
+    identical build) wins: nothing is published and AlreadyPublished names it.
     """
     ds = dataset_dir(root, name)
     try:
@@ -162,6 +172,8 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
             shutil.copyfile(src, dst)
             files[rel] = {"sha256": file_sha256(dst)}
         with FileLock(str(ds / ".lock"), timeout=600):
+            if unless_build_key and (same := find_build(root, name, unless_build_key)) is not None:
+                raise AlreadyPublished(same)
             existing = list_versions(root, name)
             number = (existing[-1] + 1) if existing else 1
             manifest = {

@@ -90,7 +90,7 @@ def test_contaminated_and_duplicate_prompts_never_reach_the_version(full_build):
     assert m["dedup"]["exact"] == 1
 
 
-def test_pairs_carry_scores_provenance_and_ches(full_build):
+def test_pairs_carry_scores_provenance_and_ches(full_build, weak_model_dir):
     version = full_build["version"]
     ds = datasets.load_dataset("parquet", data_dir=str(version / "data"), split="train")
     m = read_manifest(version)
@@ -105,7 +105,7 @@ def test_pairs_carry_scores_provenance_and_ches(full_build):
     candidates = pl.read_parquet(version / "candidates/*.parquet")
     assert candidates.height == 12 * 4
     assert set(candidates["origin"]) == {"on_policy", "off_policy"}
-    assert m["models"]["density_ratio"]["weak"].endswith("tiny-weak0")
+    assert m["models"]["density_ratio"]["weak"] == str(weak_model_dir)
     assert m["models"]["generators"][0]["engine"] == "vllm"
     assert m["ches"]["fraction"] == 0.2
 

@@ -113,3 +113,17 @@ def test_manifest_is_json_and_names_every_file(tmp_path):
     m = json.loads((v / "manifest.json").read_text())
     assert set(m["files"]) == {"data/part-00000.parquet", "dropped/dropped-00000.parquet"}
     assert m["rows"] == 4 and m["rows_dropped"] == 1
+
+
+def test_identical_concurrent_build_publishes_once(tmp_path):
+    from pipeline.store import AlreadyPublished
+
+    root = tmp_path / "root"
+    src = shard(tmp_path, 3)
+    first = publish(root, "ds", [src], [], {"funnel": [], "build_key": "b1"}, unless_build_key="b1")
+    with pytest.raises(AlreadyPublished) as same:
+        publish(root, "ds", [src], [], {"funnel": [], "build_key": "b1"}, unless_build_key="b1")
+    assert same.value.path == first
+    publish(root, "ds", [src], [], {"funnel": [], "build_key": "b1"})  # forced: a new version
+    assert list_versions(root, "ds") == [1, 2]
+    assert not [p for p in (root / "datasets/ds").iterdir() if p.name.startswith(".tmp-")]
