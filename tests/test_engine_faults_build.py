@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import pytest
 import yaml
 
 from tests.helpers import REPO
