@@ -222,7 +222,8 @@ def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = 
         previous = [str(v / "index" / "dedup") for v in version_dirs if (v / "index" / "dedup").is_dir()] \
             if parent is not None else []
         conversations = results["dedup"] = whole(dedup_task, "dedup", conversations,
-                                                 recipe.stage_config("dedup"), previous=previous, **common)
+                                                 stages.dedup_config(recipe, previous), previous=previous,
+                                                 **common)
     if recipe.decontam is not None:
         conversations = results["decontam"] = whole(decontam_task, "decontam", conversations,
                                                     recipe.stage_config("decontam"), **common)

@@ -49,10 +49,15 @@ class LazyEngines:
 
 # --- prompt filters over all shards ------------------------------------------------------------
 
+def dedup_config(recipe: Recipe, previous_indexes: list[str]) -> str:
+    """Dedup's key config: its settings and the earlier versions' indexes it matches against."""
+    return recipe.stage_config("dedup") + json.dumps(previous_indexes)
+
+
 def run_dedup(recipe: Recipe, inputs: Inputs, work_root: Path, previous_indexes: list[str]) -> dict:
     from pipeline.filters.dedup import dedup_shards
 
-    config = recipe.stage_config("dedup") + json.dumps(previous_indexes)
+    config = dedup_config(recipe, previous_indexes)
     return run_cached(work_root, "dedup", build_key("dedup", inputs, config), lambda out: dedup_shards(
         [Path(s) for s, _ in inputs], out, recipe.dedup, [Path(p) for p in previous_indexes]))
 

