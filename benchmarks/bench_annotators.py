@@ -3,8 +3,9 @@
     python benchmarks/bench_annotators.py judge --pairs 60    # Qwen2.5-Coder-0.5B-Instruct pairwise judge
     python benchmarks/bench_annotators.py cdr --pairs 60      # CDR strong=Qwen 0.5B-Instruct / weak=Gemma 270M
 
-One both-orders judge run reports single order, both orders and expectation (each with its own
-wall time); results go to benchmarks/results/annotators-<part>.{json,md}.
+One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
+with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
+density ratios from the same log-probs. Results go to benchmarks/results/annotators-<part>.{json,md}.
 """
 
 from __future__ import annotations
@@ -28,13 +29,12 @@ from pipeline.annotate.gold import load_gold  # noqa: E402
 GOLD = ROOT.parent / "shared" / "data" / "real" / "preference" / "autoj_testdata_pairwise.jsonl.gz"
 CONFIGS = {
     "judge": {"method": "judge_pairwise", "rationale": False, "max_tokens": 8, "retries": 1,
-              "models": {"judge": {"engine": "transformers", "model": "qwen2.5-coder-0.5b-instruct"}}},
-    "cdr": {"method": "density_ratio",
+              "models": {"judge": {"engine": "vllm", "model": "qwen2.5-coder-0.5b-instruct",
+                                  "options": {"max_model_len": 8192}}}},
+    # the demo's annotator; the run also reports the summed and per-character forms
+    "cdr": {"method": "density_ratio", "length_norm": "tokens",
             "models": {"strong": {"engine": "transformers", "model": "qwen2.5-coder-0.5b-instruct"},
                        "weak": {"engine": "transformers", "model": "gemma3-270m"}}},
-    "cdr-norm": {"method": "density_ratio", "length_norm": "tokens",
-                 "models": {"strong": {"engine": "transformers", "model": "qwen2.5-coder-0.5b-instruct"},
-                            "weak": {"engine": "transformers", "model": "gemma3-270m"}}},
 }
 
 

@@ -106,6 +106,11 @@ def test_density_ratio_eval_matches_hand_computed_verdicts(real_data, tiny_model
     correct = sum(h == p.label for h, p in zip(hand, pairs))
     assert m["accuracy_including_ties"] == pytest.approx(correct / len(pairs))
     assert m["predicted"] == dict(Counter(hand))
+    # the same run reports the other length normalisations, from the same log-probs
+    per_char = ["a" if reward(p, p.response_a) / len(p.response_a) > reward(p, p.response_b) / len(p.response_b)
+                else "b" for p in pairs]
+    assert report["variants"]["density_ratio[length_norm=chars]"]["predicted"] == dict(Counter(per_char))
+    assert "density_ratio[length_norm=tokens]" in report["variants"]
 
 
 def test_metrics_against_hand_formulas():

@@ -94,6 +94,25 @@ def test_transformers_hidden_states_shape_and_batching(tiny_hf_engine, tiny_mode
     np.testing.assert_allclose(alone, states[2], atol=1e-4)
 
 
+def test_shared_prompt_forward_equals_one_pass_per_sequence(tiny_hf_engine, tiny_model_dir):
+    """Responses of one prompt continue from its KV cache: the same states and log-probs as a
+    full forward pass per (prompt, response), with prompts of different lengths in one batch, a
+    one-token and an empty response."""
+    from pipeline.engines.hf_engine import TransformersEngine
+
+    question = (("user", "What is the capital of France?"),)
+    requests = SCORE_REQUESTS + [ScoreRequest(question, "Paris, of course; it has been for centuries."),
+                                 ScoreRequest(question, "X"), ScoreRequest(question, "")]
+    full = TransformersEngine(tiny_model_dir, dtype="float32", batch_size=2, share_prompts=False)
+    assert tiny_hf_engine.share_prompts and not full.share_prompts
+    shared_states, full_states = tiny_hf_engine.hidden_states(requests), full.hidden_states(requests)
+    for req, a, b in zip(requests, shared_states, full_states):
+        assert a.shape == b.shape == (len(chat.response_ids(full.tokenizer, req.response)), 64)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    for a, b in zip(tiny_hf_engine.score(requests), full.score(requests)):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-4)
+
+
 def test_transformers_generation(tiny_hf_engine):
     params = SamplingParams(n=2, temperature=1.0, max_tokens=10, seed=3, logprobs=2)
     req = ChatRequest((("user", "What is 2+2?"),), params)

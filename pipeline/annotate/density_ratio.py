@@ -34,10 +34,13 @@ def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[To
     return out
 
 
-def density_ratio(strong: TokenScores, weak: TokenScores, response: str, length_norm: str) -> float:
+def density_ratio(strong_logprob: float, strong_tokens: int, weak_logprob: float, weak_tokens: int,
+                  response: str, length_norm: str) -> float:
+    """log p_strong(y|x) - log p_weak(y|x), per token of each model (`tokens`), per character
+    (`chars`) or summed (`none`)."""
     if length_norm == "tokens":
-        return (strong.total / max(strong.num_tokens, 1)) - (weak.total / max(weak.num_tokens, 1))
-    diff = strong.total - weak.total
+        return strong_logprob / max(strong_tokens, 1) - weak_logprob / max(weak_tokens, 1)
+    diff = strong_logprob - weak_logprob
     return diff / max(len(response), 1) if length_norm == "chars" else diff
 
 
@@ -55,6 +58,7 @@ class DensityRatio:
             for p, r, (_, criteria) in zip(prompts, responses, routed)], c.batch_size)
         weak = _batched(self.weak, [ScoreRequest(prompt=_as_messages(p), response=r)
                                     for p, r in zip(prompts, responses)], c.batch_size)
-        return [DensityRatioScore(density_ratio(s, w, r, c.length_norm), s.total, w.total,
+        return [DensityRatioScore(density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r,
+                                                c.length_norm), s.total, w.total,
                                   s.num_tokens, w.num_tokens, domain)
                 for s, w, r, (domain, _) in zip(strong, weak, responses, routed)]

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from pipeline.annotate.config import AnnotateConfig
-from pipeline.annotate.density_ratio import DensityRatio
+from pipeline.annotate.density_ratio import DensityRatio, density_ratio
 from pipeline.annotate.gold import GoldPair
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem, verdict_from_probability
 from pipeline.annotate.reward_model import RewardModel
@@ -137,15 +137,24 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         t0 = time.perf_counter()
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+        by_variant: dict[str, list[float]] = {}
         if config.method == "density_ratio":
-            scores = [s.reward for s in DensityRatio(engines["strong"], engines["weak"], config)
-                      .score(prompts, responses)]
+            results = DensityRatio(engines["strong"], engines["weak"], config).score(prompts, responses)
+            by_variant[config.method] = [s.reward for s in results]
+            # the other length normalisations come from the same log-probs, at no extra cost
+            for norm in ("none", "tokens", "chars"):
+                if norm != config.length_norm:
+                    by_variant[f"{config.method}[length_norm={norm}]"] = [
+                        density_ratio(s.strong_logprob, s.strong_tokens, s.weak_logprob, s.weak_tokens,
+                                      r, norm) for s, r in zip(results, responses)]
         else:
-            scores = RewardModel(engines["reward"], config.batch_size).score(prompts, responses)
+            by_variant[config.method] = RewardModel(engines["reward"], config.batch_size).score(
+                prompts, responses)
         seconds = time.perf_counter() - t0
-        scores = [s if np.isfinite(s) else None for s in scores]
-        variants[config.method] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
-                                   "seconds": seconds, "scores": scores}
+        for name, scores in by_variant.items():
+            scores = [s if np.isfinite(s) else None for s in scores]
+            variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
+                              "seconds": seconds, "scores": scores}
     return variants
 
 

@@ -19,7 +19,7 @@ from pipeline.engines.base import (GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_L
 
 class TransformersEngine:
     def __init__(self, model: str | Path, *, model_id: str | None = None, dtype: str = "auto",
-                 device: str | None = None, batch_size: int = 8):
+                 device: str | None = None, batch_size: int = 8, share_prompts: bool = True):
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
         from transformers import AutoTokenizer
@@ -39,6 +39,9 @@ class TransformersEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.capabilities = frozenset(
             {REWARD} if self.is_reward_model else {GENERATE, SCORE, TOP_LOGPROBS, HIDDEN_STATES})
+        # sliding-window layers keep a cropped cache, so only full-attention models share prompts
+        layer_types = getattr(config.get_text_config(), "layer_types", None) or ["full_attention"]
+        self.share_prompts = share_prompts and all(t == "full_attention" for t in layer_types)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -71,15 +74,67 @@ class TransformersEngine:
         import torch
 
         items = [chat.scoring_ids(self.tokenizer, r.prompt, r.response, r.system) for r in requests]
-        decoder = self.model.get_decoder()
         with torch.inference_mode():
-            for idx, batch in self._batches(items):
-                ids, mask = self._padded([seq for seq, _ in batch])
-                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
-                for row, i in enumerate(idx):
-                    seq, n_prompt = batch[row]
-                    states = hidden[row, n_prompt - 1: len(seq) - 1]
-                    yield i, states, torch.tensor(seq[n_prompt:], device=self.device)
+            if self.share_prompts:
+                yield from self._shared_prompt_states(items)
+            else:
+                yield from self._full_sequence_states(items)
+
+    def _full_sequence_states(self, items: list[tuple[list[int], int]]):
+        """One forward pass over prompt + response per request (batched, right-padded)."""
+        import torch
+
+        decoder = self.model.get_decoder()
+        for idx, batch in self._batches(items):
+            ids, mask = self._padded([seq for seq, _ in batch])
+            hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+            for row, i in enumerate(idx):
+                seq, n_prompt = batch[row]
+                yield i, hidden[row, n_prompt - 1: len(seq) - 1], torch.tensor(seq[n_prompt:], device=self.device)
+
+    def _shared_prompt_states(self, items: list[tuple[list[int], int]]):
+        """Each distinct prompt runs once; its responses continue from its KV cache.
+
+        A batch of `batch_size` distinct prompts (right-padded) fills the cache; then every
+        response of those prompts runs as one batch over the cache rows of its prompt, with the
+        prompt's padding masked out and positions continuing from the prompt's true length. The
+        state at the prompt's last position predicts each response's first token. Same states as
+        `_full_sequence_states` (up to float rounding), with the prompt's cost paid once: CHES
+        scores a chosen and a rejected response per prompt, CDR every candidate of a prompt."""
+        import torch
+
+        decoder = self.model.get_decoder()
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (seq, n_prompt) in enumerate(items):
+            groups.setdefault(tuple(seq[:n_prompt]), []).append(i)
+        prompts = sorted(groups, key=len)
+        for k in range(0, len(prompts), self.batch_size):
+            chunk = prompts[k: k + self.batch_size]
+            ids, mask = self._padded([list(p) for p in chunk])
+            out = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+            rows = [(j, i) for j, p in enumerate(chunk) for i in groups[p]]
+            tails = [items[i][0][items[i][1]:] for _, i in rows]
+            # the state predicting response token t > 0 is the output at response token t - 1
+            feed = [t[:-1] for t in tails]
+            later = None
+            if any(feed):
+                cache = out.past_key_values
+                select = torch.tensor([j for j, _ in rows], device=self.device)
+                cache.batch_select_indices(select)  # one cache row per response
+                f_ids, f_mask = self._padded([f or [self.tokenizer.pad_token_id] for f in feed])
+                f_mask[[r for r, f in enumerate(feed) if not f], 0] = 0
+                lengths = torch.tensor([len(chunk[j]) for j, _ in rows], device=self.device)
+                positions = lengths[:, None] + torch.arange(f_ids.shape[1], device=self.device)[None, :]
+                later = decoder(input_ids=f_ids, attention_mask=torch.cat([mask[select], f_mask], 1),
+                                position_ids=positions, past_key_values=cache,
+                                use_cache=True).last_hidden_state
+            first = out.last_hidden_state
+            for r, (j, i) in enumerate(rows):
+                n = len(tails[r])
+                states = first[j, len(chunk[j]) - 1: len(chunk[j])]
+                if later is not None and n > 1:
+                    states = torch.cat([states, later[r, : n - 1]], 0)
+                yield i, states[:n], torch.tensor(tails[r], device=self.device)
 
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
