@@ -99,6 +99,19 @@ def test_planted_benchmark_items_are_caught_in_every_form(bench_index, bench_con
     assert len(chosen) >= 40  # every benchmark with items of that length contributed
 
 
+def test_non_latin_benchmark_items_are_caught(bench_index, bench_config, clean):
+    """Arena-Hard v2.0 has Russian, Armenian, Chinese ... questions; planted in a prompt they are
+    caught like English ones (folding must not erase non-Latin letters)."""
+    items = [i for i, it in enumerate(bench_index.items)
+             if it.benchmark == "arena_hard_v2.0" and not it.text.isascii()
+             and sum(ch.isalpha() and not ch.isascii() for ch in it.text) >= 20
+             and 8 <= len(normalize(it.text).split()) <= 200][:20]
+    assert len(items) >= 10
+    texts = [f"{clean[k]}\n{bench_index.items[i].text}" for k, i in enumerate(items)]
+    hits = ngram_hits(texts, bench_index, bench_config)
+    assert [any(h.item == i for h in hs) for hs, i in zip(hits, items)] == [True] * len(items)
+
+
 def test_real_clean_prompts_false_positive_rate(bench_index, bench_config, clean, real_data):
     hits = ngram_hits(clean, bench_index, bench_config)
     norm = normalize_texts(clean).to_pylist()

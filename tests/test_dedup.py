@@ -174,3 +174,19 @@ def test_semantic_dedup_catches_rewordings_and_persists_embeddings(prompts, tmp_
     again = write_conversations(tmp_path / "in2", reworded[:5], source="v2")
     stats2 = dedup_shards(again, tmp_path / "out2", config, previous_indexes=[tmp_path / "out" / "index"])
     assert stats2.rows_dropped == 5
+
+
+def test_non_latin_prompts_keep_their_text(tmp_path):
+    """Punctuation folding keeps letters of every script: different Chinese, Russian or Greek
+    prompts are not duplicates of each other; the same one re-punctuated is."""
+    texts = ["请写一首关于秋天的诗。", "请解释一下量子计算的基本原理。", "Напиши стихотворение о любви.",
+             "Напиши рассказ о море.", "Γράψε ένα ποίημα για τη θάλασσα.", "🙂🙂🙂", "🙃🙃🙃",
+             "请写一首关于秋天的诗！", "НАПИШИ стихотворение — о любви", "🙂🙂🙂"]
+    assert normalize_texts(texts[:1]).to_pylist() == ["请写一首关于秋天的诗"]
+    shards = write_conversations(tmp_path / "in", texts)
+    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)))
+    check_accounting(stats, shards, tmp_path / "out")
+    ids = [conversation(t, n)["id"] for n, t in enumerate(texts)]
+    # only the re-punctuated repeats (and the identical emoji-only prompt) go
+    assert {d["row_id"]: d["match_id"] for d in dropped(tmp_path / "out")} == {
+        ids[7]: ids[0], ids[8]: ids[2], ids[9]: ids[5]}

@@ -134,13 +134,27 @@ def load_items(root: Path, specs: list[BenchmarkSpec]) -> list[Item]:
 
 @dataclass
 class GramTable:
-    """Sorted n-gram hashes of benchmark items of one size, with the owning item of each."""
+    """N-gram hashes of benchmark items of one size, grouped by distinct hash.
+
+    The entries of distinct hash `unique[u]` (the items holding that gram, and where) are
+    `items[starts[u]: starts[u] + counts[u]]` and the same slice of `positions`.
+    """
 
     n: int
-    hashes: np.ndarray  # uint64, sorted
-    items: np.ndarray  # int64
+    unique: np.ndarray  # uint64, sorted distinct gram hashes
+    starts: np.ndarray  # int64: first entry of each distinct hash
+    counts: np.ndarray  # int64: entries of each distinct hash
+    items: np.ndarray  # int64, entries sorted by (hash, item, position)
     positions: np.ndarray  # int64: first-token position of the gram in its item
     lengths: np.ndarray  # per item: tokens covered by its grams of this size (0 = not indexed)
+
+    def lookup(self, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices into `grams` found in the table, their distinct-hash numbers)."""
+        if not len(self.unique) or not len(grams):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        u = np.minimum(np.searchsorted(self.unique, grams), len(self.unique) - 1)
+        found = np.flatnonzero(self.unique[u] == grams)
+        return found, u[found]
 
 
 @dataclass
@@ -168,10 +182,13 @@ class BenchmarkIndex:
 def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray
                 ) -> GramTable:
     order = np.lexsort((pos, docs, grams))
+    grams = grams[order]
     covered = np.zeros(len(lengths), np.int64)
     has = np.unique(docs)
     covered[has] = lengths[has]
-    return GramTable(n, grams[order], docs[order].astype(np.int64), pos[order], covered)
+    unique, starts, counts = np.unique(grams, return_index=True, return_counts=True)
+    return GramTable(n, unique, starts.astype(np.int64), counts.astype(np.int64),
+                     docs[order].astype(np.int64), pos[order].astype(np.int64), covered)
 
 
 def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits: int = 27
@@ -194,7 +211,7 @@ def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits
     mask = (1 << bitmap_bits) - 1
     bitmap = np.zeros((1 << bitmap_bits) // 8, np.uint8)  # a bitset: 16 MiB for 2^27 bits
     for t in tables.values():
-        pos = (t.hashes & np.uint64(mask)).astype(np.int64)
+        pos = (t.unique & np.uint64(mask)).astype(np.int64)
         np.bitwise_or.at(bitmap, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
     fp = hashlib.sha256()
     for spec in specs:
@@ -235,41 +252,60 @@ class Hit:
     score: float  # overlap fraction or cosine
 
 
+def _coverage(table: GramTable, rows: np.ndarray, u: np.ndarray, n_items: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(row * n_items + item, covered fraction of the item) for every (row, item) sharing one of
+    the found grams (`rows`, `u`: at least one): the tokens covered by the union of the item's
+    matched grams [pos, pos + n)."""
+    reps = table.counts[u]
+    total = int(reps.sum())
+    entry = np.repeat(table.starts[u] - np.cumsum(reps) + reps, reps) + np.arange(total)
+    key = np.repeat(rows, reps) * n_items + table.items[entry]
+    pos = table.positions[entry]
+    pos_bits = max(int(pos.max()).bit_length(), 1)
+    if int(key.max(initial=0)).bit_length() + pos_bits <= 62:  # one integer sort
+        packed = np.sort((key << pos_bits) | pos)
+        key, pos = packed >> pos_bits, packed & ((1 << pos_bits) - 1)
+    else:
+        order = np.lexsort((pos, key))
+        key, pos = key[order], pos[order]
+    # a repeated (row, item, position) adds nothing; a gap >= n adds a whole gram
+    same = np.r_[key[1:] == key[:-1], False]
+    step = np.where(same, np.minimum(np.r_[pos[1:] - pos[:-1], 0], table.n), table.n)
+    step = np.minimum(step, table.lengths[key % n_items])
+    ukey, first = np.unique(key, return_index=True)
+    return ukey, np.add.reduceat(step, first) / table.lengths[ukey % n_items]
+
+
 def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
                ) -> list[list[Hit]]:
-    """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap."""
+    """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap.
+
+    The configured gram sizes run in increasing order, each only over the rows that matched a
+    gram of the previous size (an item's n-gram contains its smaller grams, and every item
+    indexed at a larger size is indexed at the smaller one too). Tables of short items (below
+    the smallest size) run over every row."""
     norm = normalize_texts(texts, config.normalize, collapse_whitespace=False)
     tokens = tokenize(norm)
     n_items = len(index.items)
     best: dict[int, float] = {}
-    for n, table in index.tables.items():
-        if not len(table.hashes):
+    sizes = sorted(set(config.ngram_sizes))
+    short = [n for n in index.tables if n < sizes[0]]
+    candidates: np.ndarray | None = None  # rows still able to match the next configured size
+    for n in short + sizes:
+        table = index.tables[n]
+        rows_in = candidates if n in sizes else None
+        if rows_in is not None and not len(rows_in):
             continue
-        grams, docs = ngram_hashes(tokens, n)
-        sel = index.maybe_contains(grams)
-        grams, docs = grams[sel], docs[sel]
-        lo = np.searchsorted(table.hashes, grams, "left")
-        hi = np.searchsorted(table.hashes, grams, "right")
-        found = hi > lo
-        if not found.any():
+        grams, docs = ngram_hashes(tokens, n, rows=rows_in)
+        maybe = np.flatnonzero(index.maybe_contains(grams))
+        found, u = table.lookup(grams[maybe])
+        rows = docs[maybe[found]].astype(np.int64)
+        if n in sizes:
+            candidates = np.unique(rows)
+        if not len(rows):
             continue
-        # distinct (row, gram) pairs, then expand each gram to its (item, position) entries
-        pairs = np.unique(np.stack([docs[found].astype(np.uint64), grams[found]], 1), axis=0)
-        lo = np.searchsorted(table.hashes, pairs[:, 1], "left")
-        hi = np.searchsorted(table.hashes, pairs[:, 1], "right")
-        reps = hi - lo
-        rows = np.repeat(pairs[:, 0].astype(np.int64), reps)
-        entry = np.repeat(lo - np.cumsum(np.r_[0, reps[:-1]]), reps) + np.arange(reps.sum())
-        key = rows * n_items + table.items[entry]
-        pos = table.positions[entry]
-        order = np.lexsort((pos, key))
-        key, pos = key[order], pos[order]
-        # tokens covered by the union of [pos, pos + n) per (row, item)
-        same = np.r_[key[1:] == key[:-1], False]
-        step = np.where(same, np.minimum(np.r_[pos[1:] - pos[:-1], 0], table.n), table.n)
-        step = np.minimum(step, table.lengths[key % n_items])
-        ukey, first = np.unique(key, return_index=True)
-        frac = np.add.reduceat(step, first) / table.lengths[ukey % n_items]
+        ukey, frac = _coverage(table, rows, u, n_items)
         sel = frac >= config.min_overlap
         for k, f in zip(ukey[sel].tolist(), frac[sel].tolist()):
             if f > best.get(k, 0.0):

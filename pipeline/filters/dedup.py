@@ -37,7 +37,7 @@ from pipeline.shards import DroppedWriter
 from pipeline.stats import StageStats
 
 STAGE = "dedup"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: non-ASCII letters survive punctuation folding
 
 
 class NearDupConfig(Strict):
@@ -110,8 +110,13 @@ class Sketch:
 def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(exact hashes, signatures, has_sig) of a batch of raw texts."""
     norm = normalize_texts(texts, config.normalize)
-    exact = np.fromiter((xxhash.xxh3_64_intdigest(s.encode("utf-8")) for s in norm.to_pylist()),
-                        np.uint64, len(norm))
+    folded = norm.to_pylist()
+    exact = np.fromiter((xxhash.xxh3_64_intdigest(s.encode("utf-8")) for s in folded), np.uint64, len(norm))
+    empty = [i for i, s in enumerate(folded) if not s]
+    if empty:  # nothing left after folding (only symbols): only identical raw texts are duplicates
+        raw = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+        for i, t in zip(empty, raw.take(pa.array(empty)).to_pylist()):
+            exact[i] = xxhash.xxh3_64_intdigest(b"raw\0" + (t or "").encode("utf-8"))
     near = config.near
     if not near.enabled:
         return exact, np.zeros((len(norm), 0), np.uint32), np.zeros(len(norm), bool)

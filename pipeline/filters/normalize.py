@@ -82,10 +82,38 @@ def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAU
     for pattern in config.extra_wrappers:
         arr = pc.replace_substring_regex(arr, pattern, " ")
     if config.fold_punctuation:
-        arr = pc.replace_substring_regex(arr, r"[^\w\s]+|_+", " ")
+        arr = fold_punctuation(arr)
     if collapse_whitespace:
         arr = pc.replace_substring_regex(arr, r"\s\s+|[\t\n\r\f\v]", " ")
     return pc.utf8_trim_whitespace(arr)
+
+
+# ASCII bytes other than letters, digits and whitespace (and "_") -> space; every other byte,
+# including all bytes of multi-byte UTF-8 characters, maps to itself.
+_ASCII_PUNCTUATION = np.arange(256, dtype=np.uint8)
+_ASCII_PUNCTUATION[[b for b in range(128) if not (chr(b).isalnum() or chr(b).isspace())]] = ord(" ")
+# Non-ASCII characters that are not letters, digits, marks or whitespace (RE2's \w is ASCII-only,
+# so `[^\w\s]` would erase every non-Latin script).
+_UNICODE_PUNCTUATION = r"[^\p{L}\p{N}\p{M}\s]+"
+
+
+def fold_punctuation(arr: pa.StringArray) -> pa.StringArray:
+    """Punctuation, symbols and underscores become spaces; letters, digits and marks of every
+    script stay. ASCII bytes go through one table lookup over the whole batch; only rows with
+    non-ASCII text run the Unicode regex."""
+    if not len(arr):
+        return arr
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    validity, offsets, data = arr.buffers()
+    offs = np.frombuffer(offsets, np.int32, len(arr) + 1, arr.offset * 4)
+    raw = np.frombuffer(data, np.uint8, offs[-1] - offs[0], offs[0]) if data is not None else np.zeros(0, np.uint8)
+    folded = pa.StringArray.from_buffers(
+        len(arr), pa.py_buffer((offs - offs[0]).astype(np.int32)), pa.py_buffer(_ASCII_PUNCTUATION[raw]),
+        validity.slice(0) if validity is not None and arr.offset == 0 else None)
+    if validity is not None and arr.offset != 0:  # rare: a sliced array with nulls
+        folded = pc.if_else(pc.is_null(arr), pa.scalar(None, pa.string()), folded)
+    return _where(folded, pc.invert(pc.string_is_ascii(folded)),
+                  lambda a: pc.replace_substring_regex(a, _UNICODE_PUNCTUATION, " "))
 
 
 def normalize(text: str, config: NormalizeConfig = DEFAULT_NORMALIZE) -> str:
@@ -175,13 +203,14 @@ def _span_hashes(tokens: Tokens, starts: np.ndarray, ends: np.ndarray) -> np.nda
     return mix64((prefix[ends] - prefix[starts]) * inv[starts])
 
 
-def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positions: bool = False
-                 ) -> tuple[np.ndarray, ...]:
+def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positions: bool = False,
+                 rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """(hashes, doc index) of every word n-gram, in document order.
 
     With `whole_if_shorter`, a document of 1 <= L < n tokens contributes one gram: the hash of
     all its L tokens, which equals its L-gram hash (so short texts can be matched as L-grams).
-    With `positions`, also each gram's first-token position within its document.
+    With `positions`, also each gram's first-token position within its document. With `rows`
+    (sorted document indices), only the grams of those documents.
     """
     offsets = tokens.offsets
     total = len(tokens.hashes)
@@ -189,8 +218,15 @@ def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positio
     doc_of_token = tokens.doc_of_token()
     if total >= n:
         m = total - n + 1
-        ends = offsets[1:][doc_of_token[:m]]
-        starts = np.flatnonzero(np.arange(n, m + n) <= ends)
+        if rows is not None:  # the token positions of the chosen documents only
+            first = np.repeat(offsets[rows], lengths[rows])
+            within = np.arange(len(first)) - np.repeat(np.cumsum(lengths[rows]) - lengths[rows], lengths[rows])
+            candidates = first + within
+            candidates = candidates[candidates < m]
+        else:
+            candidates = np.arange(m)
+        ends = offsets[1:][doc_of_token[candidates]]
+        starts = candidates[candidates + n <= ends]
         grams = _span_hashes(tokens, starts, starts + n)
         docs = doc_of_token[starts]
         pos = starts - offsets[docs]
