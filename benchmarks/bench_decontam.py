@@ -10,6 +10,7 @@ embeddings + FAISS) over a subsample, since on CPU it is orders of magnitude slo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -18,10 +19,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pyarrow as pa  # noqa: E402
 from bench_dedup import build_corpus  # noqa: E402
 
 from pipeline.filters.decontam import (DecontamConfig, EmbeddingTier, build_benchmark_index,  # noqa: E402
-                                       embedding_hits, ngram_hits)
+                                       embedding_hits, match_texts)
+from pipeline.filters.parallel import MAX_DEFAULT_WORKERS  # noqa: E402
+
+
+def map_batches_workers() -> int:
+    return min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
 
 
 def main() -> None:
@@ -35,12 +42,17 @@ def main() -> None:
     index = build_benchmark_index(config)
     print(f"benchmark items={len(index.items)} sets={len(index.per_benchmark())} "
           f"index build {time.perf_counter() - start:.1f}s")
-    start = time.perf_counter()
-    flagged = 0
-    for s in range(0, len(docs), config.batch_rows):
-        flagged += sum(1 for h in ngram_hits(docs[s:s + config.batch_rows], index, config) if h)
-    elapsed = time.perf_counter() - start
-    print(f"tier 1: {len(docs)} prompts in {elapsed:.1f}s = {len(docs) / elapsed:.0f} prompts/s, flagged {flagged}")
+    texts = pa.array(docs, pa.string())
+    for workers in (1, None):  # one thread (the baseline), then the stage's default
+        cfg = config.model_copy(update={"workers": workers})
+        start = time.perf_counter()
+        flagged = sum(1 for h in match_texts(texts, index, cfg) if h)
+        elapsed = time.perf_counter() - start
+        label = "1 thread" if workers == 1 else f"{map_batches_workers()} threads"
+        print(f"tier 1, {label}: {len(docs)} prompts in {elapsed:.1f}s = {len(docs) / elapsed:.0f} prompts/s, "
+              f"flagged {flagged}")
+    if not args.tier2_docs:
+        return
     with tempfile.TemporaryDirectory() as cache:
         cfg2 = config.model_copy(update={"embedding": EmbeddingTier(enabled=True), "cache_dir": cache})
         start = time.perf_counter()

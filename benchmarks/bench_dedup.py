@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import random
 import sys
 import time
@@ -25,9 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.filters.dedup import DedupConfig, NearDupConfig, Sketch, resolve  # noqa: E402
-from pipeline.filters import minhash  # noqa: E402
-from pipeline.filters.normalize import ngram_hashes, normalize_texts, tokenize  # noqa: E402
+import pyarrow as pa  # noqa: E402
+
+from pipeline.filters.dedup import DedupConfig, NearDupConfig, Sketch, resolve, sketch_all  # noqa: E402
+from pipeline.filters.normalize import NormalizeConfig, normalize_texts  # noqa: E402
+from pipeline.filters.parallel import MAX_DEFAULT_WORKERS  # noqa: E402
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 K, SHINGLE, THRESHOLD = 128, 3, 0.8
@@ -77,21 +80,16 @@ def true_jaccard(a: str, b: str) -> float:
     return len(x & y) / len(x | y)
 
 
-def run_prefpipe(norm: list[str], sketch: str) -> tuple[float, set[int]]:
-    cfg = DedupConfig(exact=False, near=NearDupConfig(sketch=sketch, num_perm=K, shingle_size=SHINGLE,
-                                                      threshold=THRESHOLD, bands=BANDS, rows=ROWS))
+def run_prefpipe(norm: list[str], sketch: str, workers: int | None) -> tuple[float, set[int]]:
+    # the texts are normalised already: every folding step off (the tokeniser still runs)
+    off = NormalizeConfig(nfkc=False, casefold=False, fold_punctuation=False, strip_templates=False,
+                          strip_wrappers=False)
+    cfg = DedupConfig(exact=False, normalize=off, workers=workers,
+                      near=NearDupConfig(sketch=sketch, num_perm=K, shingle_size=SHINGLE,
+                                         threshold=THRESHOLD, bands=BANDS, rows=ROWS))
     start = time.perf_counter()
-    sigs, hass = [], []
-    for s in range(0, len(norm), cfg.batch_rows):
-        tokens = tokenize(normalize_texts(norm[s:s + cfg.batch_rows], cfg.normalize.model_copy(
-            update={"nfkc": False, "casefold": False, "strip_templates": False, "strip_wrappers": False,
-                    "fold_punctuation": False}), collapse_whitespace=False))
-        grams, docs = ngram_hashes(tokens, SHINGLE, whole_if_shorter=True)
-        sig, has = minhash.SKETCHES[sketch](grams, docs, tokens.n_docs, K, 1)
-        sigs.append(sig)
-        hass.append(has)
-    current = Sketch([str(i) for i in range(len(norm))], np.zeros(len(norm), np.uint64),
-                     np.concatenate(sigs), np.concatenate(hass))
+    _, sig, has = sketch_all(pa.array(norm, pa.string()), cfg)
+    current = Sketch([str(i) for i in range(len(norm))], np.zeros(len(norm), np.uint64), sig, has)
     decisions = resolve(current, Sketch.concat([], K), cfg)
     elapsed = time.perf_counter() - start
     return len(norm) / elapsed, set(decisions.drops)
@@ -144,9 +142,11 @@ def main() -> None:
     print(f"docs={len(norm)} planted={len(planted)} planted_with_J>={THRESHOLD}={len(truth)} "
           f"mean_tokens={np.mean([len(t.split()) for t in norm[:20000]]):.0f} bands={bands} rows={rows}")
     results = {}
-    for sketch in ("oph", "kperm"):
-        rate, flagged = run_prefpipe(norm, sketch)
-        results[f"prefpipe-{sketch}"] = (rate, recall(flagged, truth), len(norm))
+    threads = min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS)
+    for sketch, workers in (("oph", None), ("oph", 1), ("kperm", None)):
+        rate, flagged = run_prefpipe(norm, sketch, workers)
+        label = f"{workers or threads} thread{'s' if (workers or threads) > 1 else ''}"
+        results[f"prefpipe-{sketch} ({label})"] = (rate, recall(flagged, truth), len(norm))
     rate, flagged = run_rensa(norm, bands)
     results["rensa (RMinHash + RMinHashLSH loop)"] = (rate, recall(flagged, truth), len(norm))
     sub = norm[:args.datasketch_docs]

@@ -33,6 +33,7 @@ from pydantic import Field
 
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
 from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
+from pipeline.filters.parallel import map_batches, workers_field
 from pipeline.ids import file_sha256
 from pipeline.config import Strict
 from pipeline.shards import DroppedWriter
@@ -75,6 +76,7 @@ class DecontamConfig(Strict):
     embedding: EmbeddingTier = EmbeddingTier()
     cache_dir: str | None = Field(None, description="Where benchmark embeddings are cached")
     batch_rows: int = Field(8192, ge=1)
+    workers: int | None = workers_field()
 
     @property
     def text_columns(self) -> list[str]:
@@ -331,13 +333,23 @@ def embedding_hits(texts: list[str], index: BenchmarkIndex, config: DecontamConf
     return out
 
 
-def match_texts(texts: list[str], index: BenchmarkIndex, config: DecontamConfig) -> list[list[Hit]]:
-    """Both tiers over a batch; tier 2 only sees rows that tier 1 did not flag."""
-    hits = ngram_hits(texts, index, config)
+def match_texts(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
+                ) -> list[list[Hit]]:
+    """Both tiers over any number of texts: tier 1 in `batch_rows` batches on `workers` threads,
+    then tier 2 over the rows tier 1 did not flag. Hit rows index into `texts`."""
+    arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+    starts = range(0, len(arr), config.batch_rows)
+    hits: list[list[Hit]] = []
+    for start, batch in zip(starts, map_batches(
+            lambda s: ngram_hits(arr.slice(s, config.batch_rows), index, config), starts, config.workers)):
+        hits += [[Hit(start + h.row, h.item, h.tier, h.score) for h in row] for row in batch]
     if config.embedding.enabled:
         rest = [r for r, h in enumerate(hits) if not h]
-        for r, h in zip(rest, embedding_hits([texts[r] for r in rest], index, config)):
-            hits[r] = h
+        for s in range(0, len(rest), config.batch_rows):
+            chunk = rest[s:s + config.batch_rows]
+            found = embedding_hits(arr.take(pa.array(chunk, pa.int64())).to_pylist(), index, config)
+            for r, h in zip(chunk, found):
+                hits[r] = [Hit(r, x.item, x.tier, x.score) for x in h]
     return hits
 
 
@@ -347,34 +359,32 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
     in_shard, out_dir = Path(in_shard), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pq.read_table(in_shard)
-    texts = table_texts(table, config.text_columns).to_pylist()
     ids = table.column(config.id_column).to_pylist()
     stats = StageStats(STAGE)
     dropped = DroppedWriter(out_dir, STAGE)
     dropped.prefix = f"dropped-{STAGE}-{in_shard.stem}"
-    mask = np.ones(len(texts), bool)
+    mask = np.ones(table.num_rows, bool)
     record = []
-    for s in range(0, len(texts), config.batch_rows):
-        for hits in match_texts(texts[s:s + config.batch_rows], index, config):
-            if not hits:
-                stats.keep()
-                continue
-            r = s + hits[0].row
-            top = hits[0]
-            item = index.items[top.item]
-            mask[r] = False
-            reason = "contaminated_ngram" if top.tier == "ngram" else "contaminated_embedding"
-            detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4),
-                      "matches": len(hits)}
-            row = table.slice(r, 1).to_pylist()[0]
-            dropped.drop(reason, row=row, detail=json.dumps(detail), row_id=ids[r],
-                         match_id=f"{item.benchmark}:{item.item_id}", source=row.get("source"),
-                         source_row=row.get("source_row"))
-            stats.drop(reason)
-            for h in hits:
-                it = index.items[h.item]
-                record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
-                               "tier": h.tier, "score": round(h.score, 4)})
+    for hits in match_texts(table_texts(table, config.text_columns), index, config):
+        if not hits:
+            stats.keep()
+            continue
+        r = hits[0].row
+        top = hits[0]
+        item = index.items[top.item]
+        mask[r] = False
+        reason = "contaminated_ngram" if top.tier == "ngram" else "contaminated_embedding"
+        detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4),
+                  "matches": len(hits)}
+        row = table.slice(r, 1).to_pylist()[0]
+        dropped.drop(reason, row=row, detail=json.dumps(detail), row_id=ids[r],
+                     match_id=f"{item.benchmark}:{item.item_id}", source=row.get("source"),
+                     source_row=row.get("source_row"))
+        stats.drop(reason)
+        for h in hits:
+            it = index.items[h.item]
+            record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
+                           "tier": h.tier, "score": round(h.score, 4)})
     dropped.close()
     pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
     (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))

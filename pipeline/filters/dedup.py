@@ -32,6 +32,7 @@ from pydantic import Field, model_validator
 from pipeline.filters import minhash
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
 from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
+from pipeline.filters.parallel import map_batches, workers_field
 from pipeline.config import Strict
 from pipeline.shards import DroppedWriter
 from pipeline.stats import StageStats
@@ -79,6 +80,7 @@ class DedupConfig(Strict):
     near: NearDupConfig = NearDupConfig()
     semantic: SemanticConfig = SemanticConfig()
     batch_rows: int = Field(8192, ge=1, description="Rows sketched per vectorised batch")
+    workers: int | None = workers_field()
 
     @property
     def text_columns(self) -> list[str]:
@@ -108,15 +110,18 @@ class Sketch:
 
 
 def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(exact hashes, signatures, has_sig) of a batch of raw texts."""
-    norm = normalize_texts(texts, config.normalize)
-    folded = norm.to_pylist()
-    exact = np.fromiter((xxhash.xxh3_64_intdigest(s.encode("utf-8")) for s in folded), np.uint64, len(norm))
-    empty = [i for i, s in enumerate(folded) if not s]
-    if empty:  # nothing left after folding (only symbols): only identical raw texts are duplicates
-        raw = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
-        for i, t in zip(empty, raw.take(pa.array(empty)).to_pylist()):
-            exact[i] = xxhash.xxh3_64_intdigest(b"raw\0" + (t or "").encode("utf-8"))
+    """(exact hashes, signatures, has_sig) of a batch of raw texts (exact hashes are 0 when
+    exact dedup is off)."""
+    norm = normalize_texts(texts, config.normalize, collapse_whitespace=config.exact)
+    exact = np.zeros(len(norm), np.uint64)
+    if config.exact:
+        folded = norm.to_pylist()
+        exact = np.fromiter((xxhash.xxh3_64_intdigest(s.encode("utf-8")) for s in folded), np.uint64, len(norm))
+        empty = [i for i, s in enumerate(folded) if not s]
+        if empty:  # nothing left after folding (only symbols): only identical raw texts are duplicates
+            raw = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
+            for i, t in zip(empty, raw.take(pa.array(empty)).to_pylist()):
+                exact[i] = xxhash.xxh3_64_intdigest(b"raw\0" + (t or "").encode("utf-8"))
     near = config.near
     if not near.enabled:
         return exact, np.zeros((len(norm), 0), np.uint32), np.zeros(len(norm), bool)
@@ -124,6 +129,17 @@ def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tupl
     grams, docs = ngram_hashes(tokens, near.shingle_size, whole_if_shorter=True)
     sig, has = minhash.SKETCHES[near.sketch](grams, docs, len(norm), near.num_perm, near.seed)
     return exact, sig, has
+
+
+def sketch_all(texts: pa.StringArray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`sketch_texts` over any number of texts, in `batch_rows` batches on `workers` threads."""
+    starts = range(0, len(texts), config.batch_rows)
+    parts = map_batches(lambda s: sketch_texts(texts.slice(s, config.batch_rows), config), starts,
+                        config.workers)
+    k = config.near.num_perm if config.near.enabled else 0
+    if not parts:
+        return np.zeros(0, np.uint64), np.zeros((0, k), np.uint32), np.zeros(0, bool)
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
 
 def _read(shard: Path, columns: list[str]) -> pa.Table:
@@ -137,15 +153,8 @@ def _ids(table: pa.Table, id_column: str, shard: Path) -> list[str]:
 
 def sketch_shard(shard: Path, config: DedupConfig) -> Sketch:
     table = _read(shard, [config.id_column, *config.text_columns])
-    texts = table_texts(table, config.text_columns)
-    parts = []
-    for s in range(0, len(texts), config.batch_rows):
-        parts.append(sketch_texts(texts.slice(s, config.batch_rows), config))
-    k = config.near.num_perm if config.near.enabled else 0
-    if not parts:
-        return Sketch([], np.zeros(0, np.uint64), np.zeros((0, k), np.uint32), np.zeros(0, bool))
-    return Sketch(_ids(table, config.id_column, shard), np.concatenate([p[0] for p in parts]),
-                  np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]))
+    exact, sig, has = sketch_all(table_texts(table, config.text_columns), config)
+    return Sketch(_ids(table, config.id_column, shard) if table.num_rows else [], exact, sig, has)
 
 
 @dataclass
@@ -219,7 +228,7 @@ def resolve(current: Sketch, previous: Sketch, config: DedupConfig) -> Decisions
         has = np.concatenate([previous.has_sig, current.has_sig])
         bands, rows = minhash.lsh_params(near.threshold, near.num_perm, near.bands, near.rows, near.fn_weight)
         keys = minhash.band_keys(sig, bands, rows)
-        pairs = minhash.candidate_pairs(keys, alive & has)
+        pairs = minhash.candidate_pairs(keys, alive & has, config.workers)
         pairs = pairs[pairs[:, 0] >= n_prev]  # pairs among earlier versions change nothing
         if near.verify and len(pairs):
             est = minhash.estimate_jaccard(sig, pairs[:, 0], pairs[:, 1])
@@ -237,7 +246,7 @@ def resolve(current: Sketch, previous: Sketch, config: DedupConfig) -> Decisions
             dup = np.flatnonzero(reps[n_prev:] != np.arange(n_prev, n)) + n_prev
             est = minhash.estimate_jaccard(sig, dup, reps[dup])
             for g, r, e in zip(dup.tolist(), reps[dup].tolist(), est.tolist()):
-                out.drops[g - n_prev] = ("near_duplicate", ids[r], json.dumps({"jaccard_estimate": round(e, 4)}))
+                out.drops[g - n_prev] = ("near_duplicate", ids[r], f'{{"jaccard_estimate": {round(e, 4)}}}')
     return out
 
 

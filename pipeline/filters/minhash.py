@@ -19,6 +19,7 @@ import numpy as np
 from datasketch import MinHashLSH
 
 from pipeline.filters.normalize import _P, mix64
+from pipeline.filters.parallel import map_batches
 
 EMPTY = np.uint32(0xFFFFFFFF)
 
@@ -128,15 +129,16 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def candidate_pairs(keys: np.ndarray, active: np.ndarray) -> np.ndarray:
-    """(m x 2) pairs (later, earlier) of active rows that share a band key.
+def candidate_pairs(keys: np.ndarray, active: np.ndarray, workers: int | None = None) -> np.ndarray:
+    """(m x 2) pairs (later, earlier) of active rows that share a band key (bands on `workers`
+    threads).
 
     Within each bucket every member is paired with the bucket's first (lowest index) member and
     with its predecessor, which connects the bucket without enumerating all its pairs.
     """
     idx = np.flatnonzero(active)
-    out = []
-    for band in range(keys.shape[1]):
+
+    def band_pairs(band: int) -> np.ndarray:
         k = keys[idx, band]
         order = np.lexsort((idx, k))
         ks, ids = k[order], idx[order]
@@ -144,10 +146,11 @@ def candidate_pairs(keys: np.ndarray, active: np.ndarray) -> np.ndarray:
         group = np.cumsum(new) - 1
         first = ids[np.flatnonzero(new)][group]
         member = ~new
-        out.append(np.stack([ids[member], first[member]], 1))
         prev = np.r_[ids[:1], ids[:-1]]
         pred = member & (prev != first)
-        out.append(np.stack([ids[pred], prev[pred]], 1))
+        return np.concatenate([np.stack([ids[member], first[member]], 1), np.stack([ids[pred], prev[pred]], 1)])
+
+    out = map_batches(band_pairs, range(keys.shape[1]), workers)
     if not out:
         return np.zeros((0, 2), np.int64)
     pairs = np.concatenate(out)

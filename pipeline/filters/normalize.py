@@ -9,6 +9,7 @@ Hashes are stable across processes and library versions (xxh3 of the UTF-8 token
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,13 @@ def _where(arr: pa.Array, rows: pa.Array, fn) -> pa.Array:
     return pc.replace_with_mask(arr, rows, fn(arr.take(pa.array(idx))))
 
 
+def _nfkc(arr: pa.StringArray) -> pa.StringArray:
+    """NFKC of non-ASCII texts: most are already normalised, which CPython's quick check sees
+    at a fraction of the cost of normalising (Arrow's utf8_normalize always rewrites)."""
+    return pa.array([t if t is None or unicodedata.is_normalized("NFKC", t) else unicodedata.normalize("NFKC", t)
+                     for t in arr.to_pylist()], pa.string())
+
+
 def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAULT_NORMALIZE,
                     collapse_whitespace: bool = True) -> pa.StringArray:
     """Fold a batch of texts; nulls become empty strings.
@@ -71,7 +79,7 @@ def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAU
         arr = arr.cast(pa.string())
     arr = pc.fill_null(arr, "")
     if config.nfkc:
-        arr = _where(arr, pc.invert(pc.string_is_ascii(arr)), lambda a: pc.utf8_normalize(a, "NFKC"))
+        arr = _where(arr, pc.invert(pc.string_is_ascii(arr)), _nfkc)
     if config.casefold:
         arr = pc.utf8_lower(arr)
     if config.strip_templates:
@@ -153,7 +161,8 @@ class Tokens:
 
 
 def tokenize(normalized: pa.StringArray) -> Tokens:  # noqa: D401
-    """Whitespace tokens of normalised texts, hashed with xxh3-64 once per distinct token."""
+    """Whitespace tokens of normalised texts, hashed with xxh3-64 once per distinct token (runs
+    of whitespace separate, they do not make empty tokens)."""
     empty = pc.equal(pc.utf8_length(normalized), 0)
     lists = pc.utf8_split_whitespace(pc.if_else(empty, pa.scalar(None, pa.string()), normalized))
     lists = pc.fill_null(lists, pa.scalar([], pa.list_(pa.string())))
@@ -168,22 +177,29 @@ def tokenize(normalized: pa.StringArray) -> Tokens:  # noqa: D401
     vocab = encoded.dictionary.to_pylist()
     vocab_hash = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in vocab),
                              np.uint64, len(vocab))
-    return Tokens(vocab_hash[encoded.indices.to_numpy()], offsets)
+    codes = encoded.indices.to_numpy()
+    if "" in vocab:  # "a  b" splits into a, "", b: drop the empty strings
+        keep = codes != vocab.index("")
+        codes = codes[keep]
+        offsets = np.r_[0, np.cumsum(keep)][offsets]
+    return Tokens(vocab_hash[codes], offsets)
 
 
 _P = np.uint64(0x100000001B3)  # FNV prime: base of the n-gram polynomial (odd, so invertible)
 _P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
-_POW: dict[str, np.ndarray] = {"p": np.ones(1, np.uint64), "inv": np.ones(1, np.uint64)}
+_POW: dict[str, tuple[np.ndarray, np.ndarray]] = {"p": (np.ones(1, np.uint64), np.ones(1, np.uint64))}
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """P^i and P^-i (mod 2^64) for i < n, grown on demand."""
-    if len(_POW["p"]) < n:
-        size = max(n, 2 * len(_POW["p"]))
+    """P^i and P^-i (mod 2^64) for i < n, grown on demand (one atomic swap: threads share it)."""
+    p, inv = _POW["p"]
+    if len(p) < n:
+        size = max(n, min(2 * len(p), 1 << 23))
         with np.errstate(over="ignore"):
-            _POW["p"] = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _P, np.uint64)], dtype=np.uint64)
-            _POW["inv"] = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _P_INV, np.uint64)], dtype=np.uint64)
-    return _POW["p"][:n], _POW["inv"][:n]
+            p = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _P, np.uint64)], dtype=np.uint64)
+            inv = np.cumprod(np.r_[np.uint64(1), np.full(size - 1, _P_INV, np.uint64)], dtype=np.uint64)
+        _POW["p"] = (p, inv)
+    return p[:n], inv[:n]
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
