@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.filters.decontam import (REPORT_FILE, DecontamConfig, EmbeddingTier, build_benchmark_index,
-                                       decontaminate_shards, load_items, load_registry, ngram_hits)
+                                       decontaminate_shards, load_items, load_registry, match_texts,
+                                       ngram_hits)
 from pipeline.filters.normalize import normalize, normalize_texts
 from pipeline.shards import count_rows, list_shards
 from tests.test_dedup import conversation, real_prompts, write_conversations
@@ -110,6 +111,14 @@ def test_non_latin_benchmark_items_are_caught(bench_index, bench_config, clean):
     texts = [f"{clean[k]}\n{bench_index.items[i].text}" for k, i in enumerate(items)]
     hits = ngram_hits(texts, bench_index, bench_config)
     assert [any(h.item == i for h in hs) for hs, i in zip(hits, items)] == [True] * len(items)
+
+
+def test_batches_on_threads_match_exactly_like_one_batch(bench_index, bench_config, clean):
+    texts = clean[:500] + [it.text for it in bench_index.items[::997]]
+    one = match_texts(texts, bench_index, bench_config.model_copy(update={"workers": 1, "batch_rows": 10_000}))
+    threads = match_texts(texts, bench_index, bench_config.model_copy(update={"workers": 3, "batch_rows": 41}))
+    assert threads == one
+    assert sum(1 for h in one if h) >= 30 and all(h.row == r for r, hs in enumerate(one) for h in hs)
 
 
 def test_real_clean_prompts_false_positive_rate(bench_index, bench_config, clean, real_data):

@@ -133,6 +133,21 @@ def test_near_duplicate_recall_against_brute_force_jaccard(prompts, tmp_path, sk
     assert np.mean(close) >= 0.95  # dropped rows really resemble the row they were matched to
 
 
+def test_batches_on_threads_decide_exactly_like_one_batch(prompts, tmp_path):
+    """Small batches on 3 threads (and the LSH bands on threads) give the same drops, in the
+    same order, as one batch on one thread."""
+    rng = random.Random(11)
+    texts = prompts[:600] + [mutate(t, rng, 1) for t in prompts[:150]] + prompts[:50]
+    shards = write_conversations(tmp_path / "in", texts, shard_rows=400)
+    results = []
+    for name, extra in (("one", {"batch_rows": 100_000, "workers": 1}), ("threads", {"batch_rows": 37, "workers": 3})):
+        stats = dedup_shards(shards, tmp_path / name, DedupConfig(**extra))
+        check_accounting(stats, shards, tmp_path / name)
+        results.append([(d["row_id"], d["reason"], d["match_id"]) for d in dropped(tmp_path / name)])
+    assert results[0] == results[1]
+    assert {r for _, r, _ in results[0]} == {"exact_duplicate", "near_duplicate"}
+
+
 def test_incremental_build_drops_exactly_the_old_rows(prompts, tmp_path):
     old, new = prompts[:400], prompts[400:700]
     first = write_conversations(tmp_path / "in1", old, source="v1")
