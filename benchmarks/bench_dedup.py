@@ -37,13 +37,14 @@ K, SHINGLE, THRESHOLD = 128, 3, 0.8
 BANDS, ROWS = 16, 8  # rensa needs bands | num_perm; all methods use the same banding
 
 
-def real_prompts() -> list[str]:
+def real_prompts(with_benchmark_questions: bool = True) -> list[str]:
     p = REAL / "prompts"
     texts = [r["instruction"] for r in json.loads((p / "alpaca_eval_text-davinci-003_outputs.json").read_text())]
     texts += [json.loads(x)["instruction"] for x in (p / "self-instruct_user_oriented_instructions.jsonl").open()]
     with gzip.open(REAL / "preference/autoj_testdata_pairwise.jsonl.gz", "rt") as f:
         texts += [json.loads(x)["prompt"] for x in f]
-    texts += [json.loads(x)["prompt"] for x in (REAL / "benchmarks/arena-hard-v2.0_question.jsonl").open()]
+    if with_benchmark_questions:  # Arena-Hard v2.0 is a benchmark test set
+        texts += [json.loads(x)["prompt"] for x in (REAL / "benchmarks/arena-hard-v2.0_question.jsonl").open()]
     with gzip.open(REAL / "preference/hh-rlhf_harmless-base_test.jsonl.gz", "rt") as f:
         for x in f:
             t = json.loads(x)["chosen"]
@@ -51,9 +52,10 @@ def real_prompts() -> list[str]:
     return list(dict.fromkeys(t for t in texts if len(t.split()) >= 5))
 
 
-def build_corpus(n: int, seed: int = 0) -> tuple[list[str], list[tuple[int, int]]]:
+def build_corpus(n: int, seed: int = 0, with_benchmark_questions: bool = True
+                 ) -> tuple[list[str], list[tuple[int, int]]]:
     rng = random.Random(seed)
-    base = real_prompts()
+    base = real_prompts(with_benchmark_questions)
     docs, planted = [], []
     for i in range(n):
         if i > 100 and rng.random() < 0.2:
@@ -134,6 +136,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=int, default=200_000)
     ap.add_argument("--datasketch-docs", type=int, default=4000)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "dedup.json")
     args = ap.parse_args()
     docs, planted = build_corpus(args.docs)
     norm = normalize_texts(docs).to_pylist()
@@ -158,6 +161,13 @@ def main() -> None:
     print(f"{'method':55s} {'docs':>8s} {'docs/s':>10s} {'x datasketch':>13s} {'x rensa':>8s} {'recall':>7s}")
     for name, (rate, rec, n) in results.items():
         print(f"{name:55s} {n:8d} {rate:10.0f} {rate / base_ds:13.1f} {rate / base_rensa:8.2f} {rec:7.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "docs": len(norm), "planted_with_j_ge_threshold": len(truth), "bands": bands, "rows": rows,
+        "cpus": os.cpu_count(),
+        "methods": {name: {"docs": n, "docs_per_s": round(rate), "x_datasketch": round(rate / base_ds, 2),
+                           "x_rensa": round(rate / base_rensa, 2), "recall": round(rec, 4)}
+                    for name, (rate, rec, n) in results.items()}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ import yaml
 from pydantic import Field
 
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
-from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
+from pipeline.filters.normalize import (HashSet, NormalizeConfig, Tokens, ngram_hashes, normalize_texts, table_texts,
+                                        tokenize)
 from pipeline.filters.parallel import map_batches, workers_field
 from pipeline.ids import file_sha256
 from pipeline.config import Strict
@@ -149,6 +150,7 @@ class GramTable:
     items: np.ndarray  # int64, entries sorted by (hash, item, position)
     positions: np.ndarray  # int64: first-token position of the gram in its item
     lengths: np.ndarray  # per item: tokens covered by its grams of this size (0 = not indexed)
+    first_tokens: HashSet  # the hashes of the grams' first tokens
 
     def lookup(self, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices into `grams` found in the table, their distinct-hash numbers)."""
@@ -181,16 +183,17 @@ class BenchmarkIndex:
         return dict(out)
 
 
-def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray
-                ) -> GramTable:
+def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray,
+                tokens: Tokens) -> GramTable:
     order = np.lexsort((pos, docs, grams))
     grams = grams[order]
     covered = np.zeros(len(lengths), np.int64)
     has = np.unique(docs)
     covered[has] = lengths[has]
     unique, starts, counts = np.unique(grams, return_index=True, return_counts=True)
+    heads = HashSet(tokens.hashes[tokens.offsets[docs] + pos])
     return GramTable(n, unique, starts.astype(np.int64), counts.astype(np.int64),
-                     docs[order].astype(np.int64), pos[order].astype(np.int64), covered)
+                     docs[order].astype(np.int64), pos[order].astype(np.int64), covered, heads)
 
 
 def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits: int = 27
@@ -204,12 +207,12 @@ def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits
     smallest = min(config.ngram_sizes)
     tables: dict[int, GramTable] = {}
     for n in sorted(set(config.ngram_sizes)):
-        tables[n] = _gram_table(n, *ngram_hashes(tokens, n, positions=True), lengths)
+        tables[n] = _gram_table(n, *ngram_hashes(tokens, n, positions=True), lengths, tokens)
     short = (lengths >= config.min_item_tokens) & (lengths < smallest)
     for length in np.unique(lengths[short]).tolist():
         grams, docs, pos = ngram_hashes(tokens, length, whole_if_shorter=True, positions=True)
         keep = lengths[docs] == length
-        tables[length] = _gram_table(length, grams[keep], docs[keep], pos[keep], lengths)
+        tables[length] = _gram_table(length, grams[keep], docs[keep], pos[keep], lengths, tokens)
     mask = (1 << bitmap_bits) - 1
     bitmap = np.zeros((1 << bitmap_bits) // 8, np.uint8)  # a bitset: 16 MiB for 2^27 bits
     for t in tables.values():
@@ -299,7 +302,8 @@ def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config:
         rows_in = candidates if n in sizes else None
         if rows_in is not None and not len(rows_in):
             continue
-        grams, docs = ngram_hashes(tokens, n, rows=rows_in)
+        # short items are few: only the positions that start like one of their grams
+        grams, docs = ngram_hashes(tokens, n, rows=rows_in, first_tokens=None if n in sizes else table.first_tokens)
         maybe = np.flatnonzero(index.maybe_contains(grams))
         found, u = table.lookup(grams[maybe])
         rows = docs[maybe[found]].astype(np.int64)
@@ -365,18 +369,15 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
     dropped.prefix = f"dropped-{STAGE}-{in_shard.stem}"
     mask = np.ones(table.num_rows, bool)
     record = []
-    for hits in match_texts(table_texts(table, config.text_columns), index, config):
-        if not hits:
-            stats.keep()
-            continue
-        r = hits[0].row
+    matched = [(r, hits) for r, hits in enumerate(match_texts(table_texts(table, config.text_columns), index, config))
+               if hits]
+    rows = table.take(pa.array([r for r, _ in matched], pa.int64())).to_pylist()  # one take, not one per drop
+    for (r, hits), row in zip(matched, rows):
         top = hits[0]
         item = index.items[top.item]
         mask[r] = False
         reason = "contaminated_ngram" if top.tier == "ngram" else "contaminated_embedding"
-        detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4),
-                  "matches": len(hits)}
-        row = table.slice(r, 1).to_pylist()[0]
+        detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4), "matches": len(hits)}
         dropped.drop(reason, row=row, detail=json.dumps(detail), row_id=ids[r],
                      match_id=f"{item.benchmark}:{item.item_id}", source=row.get("source"),
                      source_row=row.get("source_row"))
@@ -385,6 +386,8 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
             it = index.items[h.item]
             record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
                            "tier": h.tier, "score": round(h.score, 4)})
+    for _ in range(table.num_rows - len(matched)):
+        stats.keep()
     dropped.close()
     pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
     (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))

@@ -3,8 +3,8 @@
 Everything works on whole batches (Arrow compute kernels + numpy), never one Python call per
 token: `normalize_texts` folds a batch of strings, `tokenize` turns it into one flat array of
 64-bit token hashes plus per-document offsets, and `ngram_hashes` rolls those into n-gram hashes.
-Hashes are stable across processes and library versions (xxh3 of the UTF-8 token, then fixed
-64-bit arithmetic), so they can be persisted in dedup indexes and benchmark caches.
+Hashes are stable across processes and library versions (fixed 64-bit arithmetic over the UTF-8
+bytes), so they can be persisted in dedup indexes and benchmark caches.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import xxhash
 from pydantic import Field
 
 from pipeline.config import Strict
@@ -96,10 +95,10 @@ def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAU
     return pc.utf8_trim_whitespace(arr)
 
 
-# ASCII bytes other than letters, digits and whitespace (and "_") -> space; every other byte,
+# ASCII bytes other than letters and digits (so "_" and whitespace too) -> space; every other byte,
 # including all bytes of multi-byte UTF-8 characters, maps to itself.
 _ASCII_PUNCTUATION = np.arange(256, dtype=np.uint8)
-_ASCII_PUNCTUATION[[b for b in range(128) if not (chr(b).isalnum() or chr(b).isspace())]] = ord(" ")
+_ASCII_PUNCTUATION[[b for b in range(128) if not chr(b).isalnum()]] = ord(" ")  # whitespace too
 # Non-ASCII characters that are not letters, digits, marks or whitespace (RE2's \w is ASCII-only,
 # so `[^\w\s]` would erase every non-Latin script).
 _UNICODE_PUNCTUATION = r"[^\p{L}\p{N}\p{M}\s]+"
@@ -160,29 +159,74 @@ class Tokens:
         return self._prefix
 
 
+# Bytes that may start whitespace other than " ": ASCII controls and the UTF-8 lead bytes of
+# U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028/9, U+202F, U+205F and U+3000.
+_OTHER_SPACE = np.zeros(256, bool)
+_OTHER_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 0xC2, 0xE1, 0xE2, 0xE3]] = True
+
+
+def _string_bytes(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets from 0, UTF-8 bytes) of a string array, without copying the bytes."""
+    _, offsets, data = arr.buffers()[:3]
+    offs = np.frombuffer(offsets, np.int32, len(arr) + 1, arr.offset * 4).astype(np.int64)
+    raw = np.frombuffer(data, np.uint8, offs[-1] - offs[0], offs[0]) if data is not None else np.zeros(0, np.uint8)
+    return offs - offs[0], raw
+
+
+def _hash_strings(arr: pa.StringArray) -> np.ndarray:
+    """A 64-bit hash of each string: a polynomial over random per-byte keys (prefix sums mod 2^64,
+    like the n-gram hashes) finalised by splitmix64; vectorised over the whole array."""
+    offs, raw = _string_bytes(arr)
+    p, inv = _powers(len(raw) + 1)
+    prefix = np.zeros(len(raw) + 1, np.uint64)
+    np.cumsum(_BYTE_KEYS[raw] * p[:len(raw)], out=prefix[1:])
+    return mix64((prefix[offs[1:]] - prefix[offs[:-1]]) * inv[offs[:-1]])
+
+
 def tokenize(normalized: pa.StringArray) -> Tokens:  # noqa: D401
-    """Whitespace tokens of normalised texts, hashed with xxh3-64 once per distinct token (runs
-    of whitespace separate, they do not make empty tokens)."""
-    empty = pc.equal(pc.utf8_length(normalized), 0)
-    lists = pc.utf8_split_whitespace(pc.if_else(empty, pa.scalar(None, pa.string()), normalized))
-    lists = pc.fill_null(lists, pa.scalar([], pa.list_(pa.string())))
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks()
+    """Whitespace tokens of normalised texts as 64-bit hashes, one hash computation per distinct
+    token (runs of whitespace separate, they do not make empty tokens)."""
+    arr = normalized.combine_chunks() if isinstance(normalized, pa.ChunkedArray) else normalized
+    arr = pc.fill_null(arr, "")
+    _, raw = _string_bytes(arr)
+    # folded text separates its tokens by " " only: the plain split is twice as fast
+    lists = pc.utf8_split_whitespace(arr) if _OTHER_SPACE[raw].any() else pc.split_pattern(arr, " ")
     offsets = lists.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
     flat = lists.flatten()
     if len(flat) == 0:
         return Tokens(np.zeros(0, np.uint64), offsets)
     encoded = pc.dictionary_encode(flat)
-    vocab = encoded.dictionary.to_pylist()
-    vocab_hash = np.fromiter((xxhash.xxh3_64_intdigest(t.encode("utf-8")) for t in vocab),
-                             np.uint64, len(vocab))
+    vocab = encoded.dictionary
     codes = encoded.indices.to_numpy()
-    if "" in vocab:  # "a  b" splits into a, "", b: drop the empty strings
-        keep = codes != vocab.index("")
+    empty = np.flatnonzero(pc.equal(pc.utf8_length(vocab), 0).to_numpy(zero_copy_only=False))
+    if len(empty):  # "a  b" and "" split into "" tokens: drop them
+        keep = codes != empty[0]
         codes = codes[keep]
         offsets = np.r_[0, np.cumsum(keep)][offsets]
-    return Tokens(vocab_hash[codes], offsets)
+    return Tokens(_hash_strings(vocab)[codes], offsets)
+
+
+class HashSet:
+    """A set of 64-bit hashes for vectorised membership tests: a bitmap on the low bits rules
+    out almost every absent value with one lookup; the rest are checked in the sorted values."""
+
+    def __init__(self, values: np.ndarray, bits: int = 20):
+        self.values = np.unique(np.asarray(values, np.uint64))
+        self.mask = np.uint64((1 << bits) - 1)
+        self.bitmap = np.zeros(1 << bits, bool)
+        self.bitmap[(self.values & self.mask).astype(np.int64)] = True
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def contains(self, x: np.ndarray) -> np.ndarray:
+        out = self.bitmap[(x & self.mask).astype(np.int64)]
+        maybe = np.flatnonzero(out)
+        if len(maybe):
+            at = np.minimum(np.searchsorted(self.values, x[maybe]), len(self.values) - 1)
+            out[maybe] = self.values[at] == x[maybe]
+        return out
 
 
 _P = np.uint64(0x100000001B3)  # FNV prime: base of the n-gram polynomial (odd, so invertible)
@@ -212,6 +256,9 @@ def mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
+_BYTE_KEYS = mix64(np.arange(1, 257, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+
 def _span_hashes(tokens: Tokens, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """mix64(sum_k h[start+k] * P^k) for token spans [start, end), via prefix sums mod 2^64."""
     prefix = tokens.prefix()
@@ -220,13 +267,15 @@ def _span_hashes(tokens: Tokens, starts: np.ndarray, ends: np.ndarray) -> np.nda
 
 
 def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positions: bool = False,
-                 rows: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+                 rows: np.ndarray | None = None, first_tokens: "HashSet | None" = None
+                 ) -> tuple[np.ndarray, ...]:
     """(hashes, doc index) of every word n-gram, in document order.
 
     With `whole_if_shorter`, a document of 1 <= L < n tokens contributes one gram: the hash of
     all its L tokens, which equals its L-gram hash (so short texts can be matched as L-grams).
     With `positions`, also each gram's first-token position within its document. With `rows`
-    (sorted document indices), only the grams of those documents.
+    (sorted document indices), only the grams of those documents; with `first_tokens`, only the
+    grams that start with one of those token hashes.
     """
     offsets = tokens.offsets
     total = len(tokens.hashes)
@@ -241,11 +290,13 @@ def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positio
             candidates = candidates[candidates < m]
         else:
             candidates = np.arange(m)
+        if first_tokens is not None:
+            candidates = candidates[first_tokens.contains(tokens.hashes[candidates])]
         ends = offsets[1:][doc_of_token[candidates]]
         starts = candidates[candidates + n <= ends]
         grams = _span_hashes(tokens, starts, starts + n)
         docs = doc_of_token[starts]
-        pos = starts - offsets[docs]
+        pos = starts - offsets[docs] if positions or whole_if_shorter else None
     else:
         grams, docs, pos = np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     if whole_if_shorter:
