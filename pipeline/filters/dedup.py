@@ -231,7 +231,7 @@ def resolve(current: Sketch, previous: Sketch, config: DedupConfig) -> Decisions
         pairs = minhash.candidate_pairs(keys, alive & has, config.workers)
         pairs = pairs[pairs[:, 0] >= n_prev]  # pairs among earlier versions change nothing
         if near.verify and len(pairs):
-            est = minhash.estimate_jaccard(sig, pairs[:, 0], pairs[:, 1])
+            est = minhash.estimate_jaccard(sig, pairs[:, 0], pairs[:, 1], workers=config.workers)
             pairs = pairs[est >= near.threshold]
         if len(pairs):
             from scipy.sparse import coo_matrix
@@ -244,7 +244,7 @@ def resolve(current: Sketch, previous: Sketch, config: DedupConfig) -> Decisions
             np.minimum.at(rep, labels, np.arange(n))
             reps = rep[labels]
             dup = np.flatnonzero(reps[n_prev:] != np.arange(n_prev, n)) + n_prev
-            est = minhash.estimate_jaccard(sig, dup, reps[dup])
+            est = minhash.estimate_jaccard(sig, dup, reps[dup], workers=config.workers)
             for g, r, e in zip(dup.tolist(), reps[dup].tolist(), est.tolist()):
                 out.drops[g - n_prev] = ("near_duplicate", ids[r], f'{{"jaccard_estimate": {round(e, 4)}}}')
     return out

@@ -63,12 +63,13 @@ def densify(sig: np.ndarray, filled: np.ndarray, seed: int) -> np.ndarray:
     n, k = sig.shape
     if filled.all() or n == 0:
         return sig
-    ar = np.arange(k, dtype=np.int32)
-    pos = np.where(filled, ar, np.int32(2 * k))
+    small = np.int16 if 2 * k + 1 < np.iinfo(np.int16).max else np.int32  # half the memory traffic
+    ar = np.arange(k, dtype=small)
+    pos = np.where(filled, ar, small(2 * k))
     right = np.minimum.accumulate(pos[:, ::-1], axis=1)[:, ::-1]
     first = pos.min(axis=1, keepdims=True)
     right = np.where(right >= k, first + k, right)
-    pos = np.where(filled, ar, np.int32(-k - 1))
+    pos = np.where(filled, ar, small(-k - 1))
     left = np.maximum.accumulate(pos, axis=1)
     last = pos.max(axis=1, keepdims=True)
     left = np.where(left < 0, last - k, left)
@@ -161,10 +162,11 @@ def candidate_pairs(keys: np.ndarray, active: np.ndarray, workers: int | None = 
     return np.stack([flat // n, flat % n], 1)
 
 
-def estimate_jaccard(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536
-                     ) -> np.ndarray:
+def estimate_jaccard(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536,
+                     workers: int | None = None) -> np.ndarray:
     """Fraction of equal signature slots for each pair (a[i], b[i])."""
-    out = np.empty(len(a), np.float64)
-    for s in range(0, len(a), chunk):
-        out[s:s + chunk] = (sig[a[s:s + chunk]] == sig[b[s:s + chunk]]).mean(axis=1)
-    return out
+    starts = range(0, len(a), chunk)
+    parts = map_batches(lambda s: np.count_nonzero(sig[a[s:s + chunk]] == sig[b[s:s + chunk]], axis=1),
+                        starts, workers)
+    k = max(sig.shape[1], 1)
+    return np.concatenate(parts) / k if parts else np.zeros(0, np.float64)
