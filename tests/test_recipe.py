@@ -102,3 +102,10 @@ def test_stage_requirements_fail_before_work(recipe_dir, text, field, message):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert f"{path}: " in str(err.value) and field in str(err.value) and message in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "data" / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_are_valid_and_their_inputs_exist(path):
+    recipe = load_recipe(path)
+    assert recipe.inputs and all(Path(i.path).exists() for i in recipe.inputs), recipe.inputs
+    assert recipe.output.dataset
