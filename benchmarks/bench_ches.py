@@ -34,6 +34,14 @@ def naive_vs_batched(engine, requests, config) -> dict:
     t0 = time.perf_counter()
     naive = [engine.hidden_states([r])[0] for r in requests]
     naive_s = time.perf_counter() - t0
+    shared = getattr(engine, "share_prompts", False)
+    full_s = None
+    if shared:  # the same batched path without the shared prompt cache
+        engine.share_prompts = False
+        t0 = time.perf_counter()
+        summed_hidden_states(engine, requests, config.requests_per_call)
+        full_s = time.perf_counter() - t0
+        engine.share_prompts = True
     t0 = time.perf_counter()
     sums = summed_hidden_states(engine, requests, config.requests_per_call)
     batched_s = time.perf_counter() - t0
@@ -44,7 +52,9 @@ def naive_vs_batched(engine, requests, config) -> dict:
         got = ches_from_sums(*sums[requests[k]], *sums[requests[k + 1]])[0]
         max_rel = max(max_rel, abs(got - ref) / max(abs(ref), 1e-9))
     return {"naive_s": round(naive_s, 2), "batched_s": round(batched_s, 2),
-            "speedup": round(naive_s / batched_s, 2), "max_rel_diff": max_rel}
+            "speedup": round(naive_s / batched_s, 2), "max_rel_diff": max_rel,
+            "batched_without_prompt_sharing_s": None if full_s is None else round(full_s, 2),
+            "prompt_sharing_speedup": None if full_s is None else round(full_s / batched_s, 2)}
 
 
 def main() -> None:
