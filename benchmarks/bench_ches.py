@@ -3,8 +3,9 @@
 Ingests the 2,312 rows, builds the source pairs, then runs both CHES steps (score every shard,
 cut the build's top fraction) with the transformers engine on the model to be trained. Before the
 full run, a baseline on the first `--baseline` pairs compares prefpipe's path (distinct requests
-only, length-sorted, batched) with the naive one (one unbatched forward pass per response, in pair
-order) in the same process: reports the ratio and checks both give the same scores.
+only, length-sorted, batched, each prompt run once for both responses) with the naive one (one
+unbatched forward pass per response, in pair order) and with the same batches without prompt
+sharing, in the same process: reports the ratios and checks the scores agree.
 
     PREFPIPE_CACHE_DIR=... .venv/bin/python benchmarks/bench_ches.py \\
         --out benchmarks/results/ches.json [--limit 200]
