@@ -34,6 +34,13 @@ def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[To
     return out
 
 
+def score_all(engine: Engine, prompts: list[list[dict]], responses: list[str],
+              systems: list[str | None], batch_size: int) -> list[TokenScores]:
+    """Teacher-forced log-probs of every response under `engine` (system prompt per request)."""
+    return _batched(engine, [ScoreRequest(prompt=_as_messages(p), response=r, system=s)
+                             for p, r, s in zip(prompts, responses, systems)], batch_size)
+
+
 def density_ratio(strong_logprob: float, strong_tokens: int, weak_logprob: float, weak_tokens: int,
                   response: str, length_norm: str) -> float:
     """log p_strong(y|x) - log p_weak(y|x), per token of each model (`tokens`), per character
@@ -53,11 +60,9 @@ class DensityRatio:
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[DensityRatioScore]:
         c = self.config
         routed = [route_criteria(c.criteria, p) for p in prompts]
-        strong = _batched(self.strong, [
-            ScoreRequest(prompt=_as_messages(p), response=r, system=criteria)
-            for p, r, (_, criteria) in zip(prompts, responses, routed)], c.batch_size)
-        weak = _batched(self.weak, [ScoreRequest(prompt=_as_messages(p), response=r)
-                                    for p, r in zip(prompts, responses)], c.batch_size)
+        strong = score_all(self.strong, prompts, responses, [criteria for _, criteria in routed],
+                           c.batch_size)
+        weak = score_all(self.weak, prompts, responses, [None] * len(prompts), c.batch_size)
         return [DensityRatioScore(density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r,
                                                 c.length_norm), s.total, w.total,
                                   s.num_tokens, w.num_tokens, domain)

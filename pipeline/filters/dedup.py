@@ -126,8 +126,11 @@ def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tupl
     if not near.enabled:
         return exact, np.zeros((len(norm), 0), np.uint32), np.zeros(len(norm), bool)
     tokens = tokenize(norm)
-    grams, docs = ngram_hashes(tokens, near.shingle_size, whole_if_shorter=True)
-    sig, has = minhash.SKETCHES[near.sketch](grams, docs, len(norm), near.num_perm, near.seed)
+    if near.sketch == "oph":  # shingling, hashing and densifying fused in one compiled pass
+        sig, has = minhash.oph_sketch(tokens, near.shingle_size, near.num_perm, near.seed)
+    else:
+        grams, docs = ngram_hashes(tokens, near.shingle_size, whole_if_shorter=True)
+        sig, has = minhash.kperm_signatures(grams, docs, len(norm), near.num_perm, near.seed)
     return exact, sig, has
 
 

@@ -6,7 +6,8 @@ estimates Jaccard similarity of the documents' shingle sets:
 - `oph` (default): one-permutation hashing (Li et al. 2012) with densification (
   Shrivastava & Li 2014). Each shingle is hashed once and lands in one of num_perm bins, so the cost
   is O(shingles) instead of O(shingles x num_perm); empty bins borrow the nearest filled bin's value (left or right by a
-  fixed random bit per bin), which keeps the estimator consistent across documents.
+  fixed random bit per bin), which keeps the estimator consistent across documents. Built runs
+  use the compiled `oph_sketch`; `oph_signatures` is the numpy reference it is tested against.
 - `kperm`: classic num_perm independent hash functions (multiply-xorshift on 32-bit shingle
   hashes), evaluated in cache-sized chunks with in-place numpy ufuncs.
 
@@ -18,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 from datasketch import MinHashLSH
 
-from pipeline.filters.normalize import _P, mix64
+from pipeline.filters import kernels
+from pipeline.filters.normalize import _P, Tokens, mix64
 from pipeline.filters.parallel import map_batches
 
 EMPTY = np.uint32(0xFFFFFFFF)
@@ -40,9 +42,23 @@ def _seed_mix(seed: int) -> np.uint64:
     return mix64(np.array([seed + 0x5EED], np.uint64))[0]
 
 
+def oph_sketch(tokens: Tokens, shingle: int, num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures, has_shingles) of tokenised texts: word `shingle`-grams (a shorter text is one
+    shingle), one-permutation hashed and densified in one compiled pass (`kernels.oph_signatures`,
+    equal to `oph_signatures` over `ngram_hashes`)."""
+    return kernels.oph_signatures(tokens.hashes, tokens.offsets, shingle, num_perm, _seed_mix(seed),
+                                  _go_right(num_perm, seed))
+
+
+def _go_right(k: int, seed: int) -> np.ndarray:
+    """The fixed random direction each empty bin borrows from when densifying."""
+    return np.random.RandomState(seed + 7).randint(0, 2, k).astype(bool)
+
+
 def oph_signatures(grams: np.ndarray, docs: np.ndarray, n_docs: int, num_perm: int, seed: int
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """One-permutation hashing, densified by rotation. Returns (signatures, has_shingles)."""
+    """One-permutation hashing of given gram hashes, densified by rotation (numpy; the reference
+    for the compiled `oph_sketch`). Returns (signatures, has_shingles)."""
     k = num_perm
     h = mix64(grams ^ _seed_mix(seed))
     bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
@@ -73,8 +89,7 @@ def densify(sig: np.ndarray, filled: np.ndarray, seed: int) -> np.ndarray:
     left = np.maximum.accumulate(pos, axis=1)
     last = pos.max(axis=1, keepdims=True)
     left = np.where(left < 0, last - k, left)
-    go_right = np.random.RandomState(seed + 7).randint(0, 2, k).astype(bool)
-    src = np.where(go_right, right, left)
+    src = np.where(_go_right(k, seed), right, left)
     dist = np.abs(src - ar).astype(np.uint32)
     borrowed = np.take_along_axis(sig, src % k, axis=1) + dist * np.uint32(0x9E3779B1)
     return np.where(filled, sig, borrowed)
@@ -113,9 +128,6 @@ def kperm_signatures(grams: np.ndarray, docs: np.ndarray, n_docs: int, num_perm:
         sig[d[seg]] = np.minimum.reduceat(h, seg, axis=1).T
         start = end
     return sig, has
-
-
-SKETCHES = {"oph": oph_signatures, "kperm": kperm_signatures}
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -158,7 +170,8 @@ def candidate_pairs(keys: np.ndarray, active: np.ndarray, workers: int | None = 
     if not len(pairs):
         return pairs
     n = np.int64(len(active))
-    flat = np.unique(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])
+    flat = np.sort(pairs[:, 0].astype(np.int64) * n + pairs[:, 1])  # sort + mask: ~2x np.unique
+    flat = flat[np.r_[True, flat[1:] != flat[:-1]]]
     return np.stack([flat // n, flat % n], 1)
 
 

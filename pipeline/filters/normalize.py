@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from pipeline.config import Strict
+from pipeline.filters import kernels
 
 # Chat-template markers removed anywhere in the text (before punctuation folding would mangle them).
 TEMPLATE_MARKERS = (
@@ -69,7 +70,8 @@ def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAU
                     collapse_whitespace: bool = True) -> pa.StringArray:
     """Fold a batch of texts; nulls become empty strings.
 
-    `collapse_whitespace=False` leaves whitespace runs (tokenisation splits on them anyway).
+    `collapse_whitespace=False` leaves whitespace runs and edges (tokenisation splits on them
+    anyway).
     """
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
     if isinstance(arr, pa.ChunkedArray):
@@ -90,8 +92,9 @@ def normalize_texts(texts: list[str] | pa.Array, config: NormalizeConfig = DEFAU
         arr = pc.replace_substring_regex(arr, pattern, " ")
     if config.fold_punctuation:
         arr = fold_punctuation(arr)
-    if collapse_whitespace:
-        arr = pc.replace_substring_regex(arr, r"\s\s+|[\t\n\r\f\v]", " ")
+    if not collapse_whitespace:
+        return arr
+    arr = pc.replace_substring_regex(arr, r"\s\s+|[\t\n\r\f\v]", " ")
     return pc.utf8_trim_whitespace(arr)
 
 
@@ -159,12 +162,6 @@ class Tokens:
         return self._prefix
 
 
-# Bytes that may start whitespace other than " ": ASCII controls and the UTF-8 lead bytes of
-# U+0085, U+00A0, U+1680, U+2000-U+200A, U+2028/9, U+202F, U+205F and U+3000.
-_OTHER_SPACE = np.zeros(256, bool)
-_OTHER_SPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 0xC2, 0xE1, 0xE2, 0xE3]] = True
-
-
 def _string_bytes(arr: pa.StringArray) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets from 0, UTF-8 bytes) of a string array, without copying the bytes."""
     _, offsets, data = arr.buffers()[:3]
@@ -184,13 +181,20 @@ def _hash_strings(arr: pa.StringArray) -> np.ndarray:
 
 
 def tokenize(normalized: pa.StringArray) -> Tokens:  # noqa: D401
-    """Whitespace tokens of normalised texts as 64-bit hashes, one hash computation per distinct
-    token (runs of whitespace separate, they do not make empty tokens)."""
+    """Whitespace tokens of normalised texts as 64-bit hashes, in one compiled pass over the
+    UTF-8 bytes (runs of whitespace separate, they do not make empty tokens). The hashes are
+    those of `_hash_strings` on each token (`split_tokens` is the same split in Arrow)."""
     arr = normalized.combine_chunks() if isinstance(normalized, pa.ChunkedArray) else normalized
-    arr = pc.fill_null(arr, "")
-    _, raw = _string_bytes(arr)
-    # folded text separates its tokens by " " only: the plain split is twice as fast
-    lists = pc.utf8_split_whitespace(arr) if _OTHER_SPACE[raw].any() else pc.split_pattern(arr, " ")
+    offs, raw = _string_bytes(pc.fill_null(arr, ""))
+    hashes, offsets = kernels.space_token_hashes(raw, offs, _BYTE_KEYS)
+    return Tokens(hashes, offsets)
+
+
+def split_tokens(normalized: pa.StringArray) -> Tokens:
+    """`tokenize` through Arrow's whitespace split, hashing each distinct token once (the
+    reference the compiled pass is tested against)."""
+    arr = normalized.combine_chunks() if isinstance(normalized, pa.ChunkedArray) else normalized
+    lists = pc.utf8_split_whitespace(pc.fill_null(arr, ""))
     offsets = lists.offsets.to_numpy().astype(np.int64)
     offsets = offsets - offsets[0]
     flat = lists.flatten()

@@ -1,0 +1,49 @@
+"""The compiled passes equal their references: the token pass splits and hashes like Arrow's
+whitespace split + per-token hash, the MinHash pass like the numpy sketch over n-gram hashes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from pipeline.filters.minhash import oph_signatures, oph_sketch
+from pipeline.filters.normalize import _hash_strings, ngram_hashes, normalize_texts, split_tokens, tokenize
+from tests.test_dedup import real_prompts
+
+
+def assert_same_tokens(arr: pa.StringArray) -> None:
+    fast, ref = tokenize(arr), split_tokens(arr)
+    assert np.array_equal(fast.offsets, ref.offsets)
+    assert np.array_equal(fast.hashes, ref.hashes)
+
+
+def test_every_code_point_splits_like_arrow():
+    points = [c for c in range(1, 0x110000) if not 0xD800 <= c <= 0xDFFF]
+    texts = [f"a{chr(c)}b {chr(c)}{chr(c)}x{chr(c)}" for c in points]
+    assert_same_tokens(pa.array(texts, pa.string()))
+
+
+def test_real_texts_raw_and_normalised_slices_and_nulls(real_data):
+    texts = real_prompts(real_data)[:3000]
+    raw = pa.array(texts + [None, "", "   ", "\u3000tab\there\u00a0nbsp\u2028", "ünïcödé wörds 中文 日本語"])
+    for arr in (raw, raw.slice(1234, 900), normalize_texts(raw), normalize_texts(raw).slice(7)):
+        assert_same_tokens(arr)
+
+
+def test_token_hash_is_the_hash_of_the_token_text():
+    tokens = tokenize(pa.array(["alpha  beta\ngamma", "beta"]))
+    assert list(tokens.offsets) == [0, 3, 4]
+    expected = _hash_strings(pa.array(["alpha", "beta", "gamma", "beta"]))
+    assert np.array_equal(tokens.hashes, expected)
+
+
+@pytest.mark.parametrize("shingle,num_perm,seed", [(3, 128, 1), (5, 64, 42), (1, 256, 0)])
+def test_compiled_minhash_equals_the_numpy_reference(real_data, shingle, num_perm, seed):
+    texts = real_prompts(real_data)[:2000] + ["", "one", "two words", "   "]
+    tokens = tokenize(normalize_texts(texts))
+    sig, has = oph_sketch(tokens, shingle, num_perm, seed)
+    grams, docs = ngram_hashes(tokens, shingle, whole_if_shorter=True)
+    ref, ref_has = oph_signatures(grams, docs, len(texts), num_perm, seed)
+    assert np.array_equal(has, ref_has) and not has[-4] and not has[-1] and has[-3]
+    assert np.array_equal(sig[has], ref[has])
