@@ -31,6 +31,12 @@ class StageStats:
         self.rows_out += 1
         self.outputs_written += outputs
 
+    def keep_many(self, rows: int) -> None:
+        """`rows` rows kept, one output each."""
+        self.rows_in += rows
+        self.rows_out += rows
+        self.outputs_written += rows
+
     def drop(self, reason: str) -> None:
         self.rows_in += 1
         self.rows_dropped += 1

@@ -23,6 +23,7 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -31,8 +32,9 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import Field
 
+from pipeline.filters import kernels
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
-from pipeline.filters.normalize import (HashSet, NormalizeConfig, Tokens, ngram_hashes, normalize_texts, table_texts,
+from pipeline.filters.normalize import (NormalizeConfig, Tokens, ngram_hashes, normalize_texts, table_texts,
                                         tokenize)
 from pipeline.filters.parallel import map_batches, workers_field
 from pipeline.ids import file_sha256
@@ -150,7 +152,6 @@ class GramTable:
     items: np.ndarray  # int64, entries sorted by (hash, item, position)
     positions: np.ndarray  # int64: first-token position of the gram in its item
     lengths: np.ndarray  # per item: tokens covered by its grams of this size (0 = not indexed)
-    first_tokens: HashSet  # the hashes of the grams' first tokens
 
     def lookup(self, grams: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(indices into `grams` found in the table, their distinct-hash numbers)."""
@@ -168,9 +169,12 @@ class BenchmarkIndex:
     bitmap: np.ndarray  # prefilter bitset: bit (hash & mask) set for every indexed gram
     mask: int
 
-    def maybe_contains(self, grams: np.ndarray) -> np.ndarray:
-        pos = (grams & np.uint64(self.mask)).astype(np.int64)
-        return (self.bitmap[pos >> 3] >> (pos & 7).astype(np.uint8)) & 1 == 1
+    def candidate_grams(self, tokens: Tokens, n: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes, row) of the n-grams of `rows` (all when None) that pass the bitset prefilter
+        (one compiled pass)."""
+        rows = np.arange(tokens.n_docs) if rows is None else rows
+        return kernels.prefiltered_grams(tokens.hashes, tokens.offsets, rows.astype(np.int64), n, self.bitmap,
+                                         np.uint64(self.mask))
     too_short: int
     embeddings: np.ndarray | None = None
     faiss_index: object = None
@@ -191,9 +195,8 @@ def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, le
     has = np.unique(docs)
     covered[has] = lengths[has]
     unique, starts, counts = np.unique(grams, return_index=True, return_counts=True)
-    heads = HashSet(tokens.hashes[tokens.offsets[docs] + pos])
     return GramTable(n, unique, starts.astype(np.int64), counts.astype(np.int64),
-                     docs[order].astype(np.int64), pos[order].astype(np.int64), covered, heads)
+                     docs[order].astype(np.int64), pos[order].astype(np.int64), covered)
 
 
 def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits: int = 27
@@ -257,6 +260,9 @@ class Hit:
     score: float  # overlap fraction or cosine
 
 
+NO_HITS: tuple[Hit, ...] = ()  # the row of every clean text (millions of empty lists keep the GC busy)
+
+
 def _coverage(table: GramTable, rows: np.ndarray, u: np.ndarray, n_items: int
               ) -> tuple[np.ndarray, np.ndarray]:
     """(row * n_items + item, covered fraction of the item) for every (row, item) sharing one of
@@ -283,7 +289,7 @@ def _coverage(table: GramTable, rows: np.ndarray, u: np.ndarray, n_items: int
 
 
 def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
-               ) -> list[list[Hit]]:
+               ) -> list[Sequence[Hit]]:
     """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap.
 
     The configured gram sizes run in increasing order, each only over the rows that matched a
@@ -302,11 +308,9 @@ def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config:
         rows_in = candidates if n in sizes else None
         if rows_in is not None and not len(rows_in):
             continue
-        # short items are few: only the positions that start like one of their grams
-        grams, docs = ngram_hashes(tokens, n, rows=rows_in, first_tokens=None if n in sizes else table.first_tokens)
-        maybe = np.flatnonzero(index.maybe_contains(grams))
-        found, u = table.lookup(grams[maybe])
-        rows = docs[maybe[found]].astype(np.int64)
+        grams, docs = index.candidate_grams(tokens, n, rows_in)
+        found, u = table.lookup(grams)
+        rows = docs[found]
         if n in sizes:
             candidates = np.unique(rows)
         if not len(rows):
@@ -316,15 +320,16 @@ def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config:
         for k, f in zip(ukey[sel].tolist(), frac[sel].tolist()):
             if f > best.get(k, 0.0):
                 best[k] = min(f, 1.0)
-    out: list[list[Hit]] = [[] for _ in range(len(norm))]
+    found: dict[int, list[Hit]] = defaultdict(list)
     for k, f in best.items():
-        out[k // n_items].append(Hit(k // n_items, k % n_items, "ngram", f))
-    for hits in out:
-        hits.sort(key=lambda h: (-h.score, h.item))
+        found[k // n_items].append(Hit(k // n_items, k % n_items, "ngram", f))
+    out: list[Sequence[Hit]] = [NO_HITS] * len(norm)  # one shared empty row: no per-row objects
+    for r, hits in found.items():
+        out[r] = sorted(hits, key=lambda h: (-h.score, h.item))
     return out
 
 
-def embedding_hits(texts: list[str], index: BenchmarkIndex, config: DecontamConfig) -> list[list[Hit]]:
+def embedding_hits(texts: list[str], index: BenchmarkIndex, config: DecontamConfig) -> list[Sequence[Hit]]:
     """Tier 2: the nearest benchmark item of each text, when its cosine >= threshold."""
     out: list[list[Hit]] = [[] for _ in texts]
     if index.faiss_index is None or not texts:
@@ -338,15 +343,17 @@ def embedding_hits(texts: list[str], index: BenchmarkIndex, config: DecontamConf
 
 
 def match_texts(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
-                ) -> list[list[Hit]]:
+                ) -> list[Sequence[Hit]]:
     """Both tiers over any number of texts: tier 1 in `batch_rows` batches on `workers` threads,
     then tier 2 over the rows tier 1 did not flag. Hit rows index into `texts`."""
     arr = texts if isinstance(texts, (pa.Array, pa.ChunkedArray)) else pa.array(texts, pa.string())
     starts = range(0, len(arr), config.batch_rows)
-    hits: list[list[Hit]] = []
+    hits: list[Sequence[Hit]] = [NO_HITS] * len(arr)
     for start, batch in zip(starts, map_batches(
             lambda s: ngram_hits(arr.slice(s, config.batch_rows), index, config), starts, config.workers)):
-        hits += [[Hit(start + h.row, h.item, h.tier, h.score) for h in row] for row in batch]
+        for r, row in enumerate(batch):
+            if row:
+                hits[start + r] = [Hit(start + h.row, h.item, h.tier, h.score) for h in row]
     if config.embedding.enabled:
         rest = [r for r, h in enumerate(hits) if not h]
         for s in range(0, len(rest), config.batch_rows):
@@ -386,8 +393,7 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
             it = index.items[h.item]
             record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
                            "tier": h.tier, "score": round(h.score, 4)})
-    for _ in range(table.num_rows - len(matched)):
-        stats.keep()
+    stats.keep_many(table.num_rows - len(matched))
     dropped.close()
     pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
     (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))

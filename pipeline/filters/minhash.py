@@ -153,7 +153,7 @@ def candidate_pairs(keys: np.ndarray, active: np.ndarray, workers: int | None = 
 
     def band_pairs(band: int) -> np.ndarray:
         k = keys[idx, band]
-        order = np.lexsort((idx, k))
+        order = np.argsort(k, kind="stable")  # idx ascends: ties stay in row order
         ks, ids = k[order], idx[order]
         new = np.r_[True, ks[1:] != ks[:-1]]
         group = np.cumsum(new) - 1

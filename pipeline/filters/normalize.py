@@ -211,28 +211,6 @@ def split_tokens(normalized: pa.StringArray) -> Tokens:
     return Tokens(_hash_strings(vocab)[codes], offsets)
 
 
-class HashSet:
-    """A set of 64-bit hashes for vectorised membership tests: a bitmap on the low bits rules
-    out almost every absent value with one lookup; the rest are checked in the sorted values."""
-
-    def __init__(self, values: np.ndarray, bits: int = 20):
-        self.values = np.unique(np.asarray(values, np.uint64))
-        self.mask = np.uint64((1 << bits) - 1)
-        self.bitmap = np.zeros(1 << bits, bool)
-        self.bitmap[(self.values & self.mask).astype(np.int64)] = True
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def contains(self, x: np.ndarray) -> np.ndarray:
-        out = self.bitmap[(x & self.mask).astype(np.int64)]
-        maybe = np.flatnonzero(out)
-        if len(maybe):
-            at = np.minimum(np.searchsorted(self.values, x[maybe]), len(self.values) - 1)
-            out[maybe] = self.values[at] == x[maybe]
-        return out
-
-
 _P = np.uint64(0x100000001B3)  # FNV prime: base of the n-gram polynomial (odd, so invertible)
 _P_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 _POW: dict[str, tuple[np.ndarray, np.ndarray]] = {"p": (np.ones(1, np.uint64), np.ones(1, np.uint64))}
@@ -270,32 +248,19 @@ def _span_hashes(tokens: Tokens, starts: np.ndarray, ends: np.ndarray) -> np.nda
     return mix64((prefix[ends] - prefix[starts]) * inv[starts])
 
 
-def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positions: bool = False,
-                 rows: np.ndarray | None = None, first_tokens: "HashSet | None" = None
+def ngram_hashes(tokens: Tokens, n: int, whole_if_shorter: bool = False, positions: bool = False
                  ) -> tuple[np.ndarray, ...]:
     """(hashes, doc index) of every word n-gram, in document order.
 
     With `whole_if_shorter`, a document of 1 <= L < n tokens contributes one gram: the hash of
     all its L tokens, which equals its L-gram hash (so short texts can be matched as L-grams).
-    With `positions`, also each gram's first-token position within its document. With `rows`
-    (sorted document indices), only the grams of those documents; with `first_tokens`, only the
-    grams that start with one of those token hashes.
+    With `positions`, also each gram's first-token position within its document.
     """
     offsets = tokens.offsets
-    total = len(tokens.hashes)
     lengths = tokens.lengths
     doc_of_token = tokens.doc_of_token()
-    if total >= n:
-        m = total - n + 1
-        if rows is not None:  # the token positions of the chosen documents only
-            first = np.repeat(offsets[rows], lengths[rows])
-            within = np.arange(len(first)) - np.repeat(np.cumsum(lengths[rows]) - lengths[rows], lengths[rows])
-            candidates = first + within
-            candidates = candidates[candidates < m]
-        else:
-            candidates = np.arange(m)
-        if first_tokens is not None:
-            candidates = candidates[first_tokens.contains(tokens.hashes[candidates])]
+    if len(tokens.hashes) >= n:
+        candidates = np.arange(len(tokens.hashes) - n + 1)
         ends = offsets[1:][doc_of_token[candidates]]
         starts = candidates[candidates + n <= ends]
         grams = _span_hashes(tokens, starts, starts + n)
