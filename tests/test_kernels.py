@@ -7,6 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from pipeline.filters import kernels
 from pipeline.filters.minhash import oph_signatures, oph_sketch
 from pipeline.filters.normalize import _hash_strings, ngram_hashes, normalize_texts, split_tokens, tokenize
 from tests.test_dedup import real_prompts
@@ -47,3 +48,24 @@ def test_compiled_minhash_equals_the_numpy_reference(real_data, shingle, num_per
     ref, ref_has = oph_signatures(grams, docs, len(texts), num_perm, seed)
     assert np.array_equal(has, ref_has) and not has[-4] and not has[-1] and has[-3]
     assert np.array_equal(sig[has], ref[has])
+
+
+@pytest.mark.parametrize("n", [1, 6, 8, 13])
+def test_prefiltered_grams_are_the_ngram_hashes_that_pass_the_bitset(real_data, n):
+    tokens = tokenize(normalize_texts(real_prompts(real_data)[:1500] + ["", "short text"]))
+    grams, docs = ngram_hashes(tokens, n)
+    rows = np.arange(tokens.n_docs)
+    everything = np.full(1, 0xFF, np.uint8)  # one byte, all bits set: every gram passes
+    got, got_docs = kernels.prefiltered_grams(tokens.hashes, tokens.offsets, rows, n, everything, np.uint64(7))
+    assert np.array_equal(got, grams) and np.array_equal(got_docs, docs)
+    # a real bitset of half the grams: exactly those pass, and only over the chosen rows
+    mask = (1 << 20) - 1
+    bitmap = np.zeros((1 << 20) // 8, np.uint8)
+    chosen = grams[::2] & np.uint64(mask)
+    np.bitwise_or.at(bitmap, (chosen >> np.uint64(3)).astype(np.int64), (1 << (chosen & np.uint64(7))).astype(np.uint8))
+    odd = rows[1::2]
+    got, got_docs = kernels.prefiltered_grams(tokens.hashes, tokens.offsets, odd, n, bitmap, np.uint64(mask))
+    pos = grams & np.uint64(mask)
+    passes = ((bitmap[(pos >> np.uint64(3)).astype(np.int64)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1) == 1
+    keep = passes & (docs % 2 == 1)
+    assert np.array_equal(got, grams[keep]) and np.array_equal(got_docs, docs[keep])

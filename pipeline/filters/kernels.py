@@ -14,6 +14,7 @@ import numpy as np
 
 _U = np.uint64
 _P = _U(0x100000001B3)  # the polynomial base of normalize._P
+_P_INV = _U(pow(0x100000001B3, -1, 1 << 64))
 _C1, _C2 = _U(0xBF58476D1CE4E5B9), _U(0x94D049BB133111EB)
 _S27, _S30, _S31 = _U(27), _U(30), _U(31)
 
@@ -164,10 +165,23 @@ def prefiltered_grams(token_hashes, offsets, rows, n, bitmap, mask):
         total += max(offsets[r + 1] - offsets[r] - n + 1, 0)
     grams = np.empty(total, np.uint64)
     docs = np.empty(total, np.int64)
+    top = _U(1)  # P^(n-1): the weight of a gram's last token
+    for _ in range(n - 1):
+        top *= _P
     m = 0
     for r in rows:
-        for start in range(offsets[r], offsets[r + 1] - n + 1):
-            grams[m] = _gram_hash(token_hashes, start, n)
+        s, e = offsets[r], offsets[r + 1]
+        if e - s < n:
+            continue
+        g = _U(0)  # the unmixed polynomial of the current gram, rolled one token at a time
+        power = _U(1)
+        for q in range(n):
+            g += token_hashes[s + q] * power
+            power *= _P
+        for start in range(s, e - n + 1):
+            if start > s:
+                g = (g - token_hashes[start - 1]) * _P_INV + token_hashes[start + n - 1] * top
+            grams[m] = _mix64(g)
             docs[m] = r
             m += 1
     keep = np.empty(m, np.bool_)
