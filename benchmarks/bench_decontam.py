@@ -54,6 +54,7 @@ def main() -> None:
           f"index build {result['index_build_s']}s")
     corpora = {"realistic": build_corpus(args.docs, with_benchmark_questions=False)[0],
                "benchmark_heavy": docs}
+    match_texts(pa.array(docs[:2000], pa.string()), index, config)  # warm-up: loads the compiled kernels
     for corpus, prompts in corpora.items():
         texts = pa.array(prompts, pa.string())
         for workers in (1, None):  # one thread (the baseline), then the stage's default
