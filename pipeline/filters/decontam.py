@@ -21,9 +21,9 @@ import hashlib
 import io
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -168,6 +168,10 @@ class BenchmarkIndex:
     tables: dict[int, GramTable]
     bitmap: np.ndarray  # prefilter bitset: bit (hash & mask) set for every indexed gram
     mask: int
+    too_short: int
+    embeddings: np.ndarray | None = None
+    faiss_index: object = None
+    fingerprint: str = ""
 
     def candidate_grams(self, tokens: Tokens, n: int, rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """(hashes, row) of the n-grams of `rows` (all when None) that pass the bitset prefilter
@@ -175,10 +179,6 @@ class BenchmarkIndex:
         rows = np.arange(tokens.n_docs) if rows is None else rows
         return kernels.prefiltered_grams(tokens.hashes, tokens.offsets, rows.astype(np.int64), n, self.bitmap,
                                          np.uint64(self.mask))
-    too_short: int
-    embeddings: np.ndarray | None = None
-    faiss_index: object = None
-    fingerprint: str = ""
 
     def per_benchmark(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
@@ -187,8 +187,8 @@ class BenchmarkIndex:
         return dict(out)
 
 
-def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray,
-                tokens: Tokens) -> GramTable:
+def _gram_table(n: int, grams: np.ndarray, docs: np.ndarray, pos: np.ndarray, lengths: np.ndarray
+                ) -> GramTable:
     order = np.lexsort((pos, docs, grams))
     grams = grams[order]
     covered = np.zeros(len(lengths), np.int64)
@@ -210,12 +210,12 @@ def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits
     smallest = min(config.ngram_sizes)
     tables: dict[int, GramTable] = {}
     for n in sorted(set(config.ngram_sizes)):
-        tables[n] = _gram_table(n, *ngram_hashes(tokens, n, positions=True), lengths, tokens)
+        tables[n] = _gram_table(n, *ngram_hashes(tokens, n, positions=True), lengths)
     short = (lengths >= config.min_item_tokens) & (lengths < smallest)
     for length in np.unique(lengths[short]).tolist():
         grams, docs, pos = ngram_hashes(tokens, length, whole_if_shorter=True, positions=True)
         keep = lengths[docs] == length
-        tables[length] = _gram_table(length, grams[keep], docs[keep], pos[keep], lengths, tokens)
+        tables[length] = _gram_table(length, grams[keep], docs[keep], pos[keep], lengths)
     mask = (1 << bitmap_bits) - 1
     bitmap = np.zeros((1 << bitmap_bits) // 8, np.uint8)  # a bitset: 16 MiB for 2^27 bits
     for t in tables.values():
@@ -393,7 +393,8 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
             it = index.items[h.item]
             record.append({"row_id": ids[r], "benchmark": it.benchmark, "item_id": it.item_id,
                            "tier": h.tier, "score": round(h.score, 4)})
-    stats.keep_many(table.num_rows - len(matched))
+    clean = table.num_rows - len(matched)
+    stats.keep(outputs=clean, rows=clean)
     dropped.close()
     pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
     (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))

@@ -126,13 +126,14 @@ def oph_signatures(token_hashes, offsets, shingle, num_perm, seed_mix, go_right)
             if v < row[b]:
                 row[b] = v
             filled[b] = True
-        first, last = -1, -1
+        first, last, n_filled = -1, -1, 0
         for i in range(k):
             if filled[i]:
                 last = i
+                n_filled += 1
                 if first < 0:
                     first = i
-        if first == 0 and last == k - 1 and filled.all():
+        if n_filled == k:
             continue
         cur = first + k
         for i in range(k - 1, -1, -1):
