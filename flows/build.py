@@ -29,14 +29,16 @@ from pipeline import incremental, stages  # noqa: E402
 from pipeline.engines.http_engine import EngineUnavailable  # noqa: E402
 from pipeline.ingest import ingest_input  # noqa: E402
 from pipeline.recipe import Recipe, load_recipe  # noqa: E402
-from pipeline.runner import run_cached, stage_key  # noqa: E402
+from pipeline.ids import content_id  # noqa: E402
+from pipeline.runner import is_complete, run_cached, stage_key  # noqa: E402
 from pipeline.store import data_root as resolve_root  # noqa: E402
 from pipeline.store import AlreadyPublished, list_versions, read_manifest, version_name  # noqa: E402
 
 
 def stage_cache_key(context, parameters) -> str:
-    """Prefect cache key = the stage's content key (input content + config + code version)."""
-    return parameters["key"]
+    """Prefect cache key = the stage's content key (input content + config + code version) within
+    this build's data root: a result cached for one root never answers for another."""
+    return content_id("", parameters["key"], str(Path(parameters["work_root"]).resolve()))
 
 
 STAGE_TASK = dict(cache_key_fn=stage_cache_key, persist_result=True, result_serializer="json")
@@ -59,10 +61,11 @@ MODEL_TASK = dict(STAGE_TASK, retries=2, retry_delay_seconds=exponential_backoff
 
 
 def submit(task_fn, **parameters):
-    """Submit a stage task; if its output directory is gone (work dir cleaned), refresh the
-    Prefect cache instead of trusting a cached result that points at missing shards."""
+    """Submit a stage task; unless its output directory under this root is complete (every file
+    there with its recorded checksum), refresh the Prefect cache instead of trusting a cached
+    result: the stage runs again."""
     final = Path(parameters["work_root"]) / task_fn.name / parameters["key"]
-    if not (final / "_stats.json").exists():
+    if not is_complete(final):
         task_fn = task_fn.with_options(refresh_cache=True)
     return task_fn.submit(**parameters)
 

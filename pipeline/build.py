@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.card import write_card
 from pipeline.ids import content_id
 from pipeline.incremental import IDS_FILE, write_ids
+from pipeline.lineage import check_build
 from pipeline.recipe import Recipe
 from pipeline.runner import code_version, content_hash
 from pipeline.shards import count_rows
@@ -47,8 +48,11 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
     `stage_results` maps stage name -> its per-shard results (from `runner.run_cached`), in order;
     every stage's dropped rows are published; "ingest" outputs feed the seen-ids index.
     """
-    funnel = [merge_stats(stage, results) for stage, results in stage_results.items()]
+    funnel = [merge_stats(stage, results).check().to_dict() for stage, results in stage_results.items()]
     data = outputs(stage_results[list(stage_results)[-1]])
+    dropped = outputs([r for rs in stage_results.values() for r in rs], "dropped")
+    check_build(funnel, outputs(stage_results.get("ingest", [])), data, dropped,
+                {stage: outputs(results) for stage, results in stage_results.items()})
     parent_rows = []
     if parent is not None:
         parent_rows = sorted((parent / "data").glob("*.parquet"))
@@ -62,7 +66,7 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
         "inputs": inputs,
         "code_version": code_version(),
         "schema_version": SCHEMA_VERSION,
-        "funnel": [s.check().to_dict() for s in funnel],
+        "funnel": funnel,
         "command": command or f"prefpipe build {recipe_path}",
         **(extra_manifest or {}),
     }
@@ -70,9 +74,7 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
         manifest["incremental"] = {"parent_rows_carried": count_rows(parent_rows),
                                    "rows_added": count_rows(data)}
     try:
-        return publish(root, recipe.output.dataset, parent_rows + data,
-                       outputs([r for rs in stage_results.values() for r in rs], "dropped"),
-                       manifest, write_card=write_card,
+        return publish(root, recipe.output.dataset, parent_rows + data, dropped, manifest, write_card=write_card,
                        extra_files={IDS_FILE: ids_path, **(extra_files or {})},
                        unless_build_key=None if force else key)
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.diff import diff_versions, markdown as diff_markdown
+from pipeline.lineage import chain_problems
 from pipeline.report import render_report
 from pipeline.store import read_manifest
 from pipeline.version_stats import pairs_frame, version_stats
@@ -94,10 +95,7 @@ def funnel_checks(manifest: dict, stats: dict) -> list[str]:
         if sum(s["reasons"].values()) != s["rows_dropped"]:
             problems.append(f"stage {s['stage']}: drop reasons sum to {sum(s['reasons'].values())}, "
                             f"not {s['rows_dropped']}")
-    for prev, nxt in zip(funnel, funnel[1:]):
-        if prev["outputs_written"] != nxt["rows_in"]:
-            problems.append(f"stage {nxt['stage']} read {nxt['rows_in']} rows but {prev['stage']} "
-                            f"wrote {prev['outputs_written']}")
+    problems += chain_problems(funnel)
     carried = (manifest.get("incremental") or {}).get("parent_rows_carried", 0)
     if funnel and funnel[-1]["outputs_written"] + carried != stats["rows"]:
         problems.append(f"last stage wrote {funnel[-1]['outputs_written']} rows"

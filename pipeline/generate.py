@@ -164,6 +164,11 @@ def _flags(text: str, finish_reason: str) -> list[str]:
     return flags
 
 
+def _lineage(row: dict) -> dict:
+    """The input file and row a candidate's conversation was ingested from."""
+    return {"source": row.get("source"), "source_row": row.get("source_row")}
+
+
 def _off_policy(row: dict) -> list[dict]:
     out = []
     for j, r in enumerate(row.get("responses") or []):
@@ -171,7 +176,7 @@ def _off_policy(row: dict) -> list[dict]:
         model = r.get("model") or "source"
         out.append({
             "candidate_id": content_id("k", row["id"], model, OFF_POLICY, r.get("label"), j, text),
-            "conversation_id": row["id"], "prompt": row["prompt"], "response": text,
+            "conversation_id": row["id"], **_lineage(row), "prompt": row["prompt"], "response": text,
             "model": model, "origin": OFF_POLICY, "source_label": r.get("label"),
             "sample_index": j, "params": None, "prompt_tokens": None, "completion_tokens": None,
             "finish_reason": "source", "flags": _flags(text, "source"), "latency_s": None,
@@ -186,7 +191,7 @@ def _on_policy(row: dict, spec: GeneratorSpec, sample_index: int, params: Sampli
     return {
         "candidate_id": content_id("k", row["id"], spec.name, ON_POLICY, params_json, sample_index,
                                    text),
-        "conversation_id": row["id"], "prompt": row["prompt"], "response": text,
+        "conversation_id": row["id"], **_lineage(row), "prompt": row["prompt"], "response": text,
         "model": spec.name, "origin": ON_POLICY, "source_label": None,
         "sample_index": sample_index, "params": params_json,
         "prompt_tokens": result["prompt_tokens"], "completion_tokens": result["completion_tokens"],
@@ -222,7 +227,7 @@ def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
         if not prompt or prompt[-1].get("role") != "user":
             dropped.drop("no_prompt", row=row, detail="prompt must end with a user message",
                          source=row.get("source"), source_row=row.get("source_row"),
-                         row_id=row.get("id"))
+                         row_id=row.get("id"), conversation_id=row.get("id"))
             stats.drop("no_prompt")
             continue
         messages = tuple((m["role"], m["content"]) for m in prompt)
@@ -265,7 +270,7 @@ def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
             log.warning("conversation %s: %d of %d requests failed (first: %s)", row["id"],
                         len(errors), len(planned), errors[0])
         where = {"source": row.get("source"), "source_row": row.get("source_row"),
-                 "row_id": row["id"]}
+                 "row_id": row["id"], "conversation_id": row["id"]}
         if not candidates:
             reason = "generation_failed" if errors else "no_candidates"
             dropped.drop(reason, row=row, detail="; ".join(errors)[:2000], **where)

@@ -81,7 +81,8 @@ def drop_seen(in_shard: Path, out_dir: Path, seen: set[str], shard_rows: int) ->
     for row in iter_rows(in_shard):
         if row["id"] in seen:
             dropped.drop("seen_in_earlier_version", row=row, source=row["source"],
-                         source_row=row["source_row"], row_id=row["id"], match_id=row["id"])
+                         source_row=row["source_row"], row_id=row["id"], match_id=row["id"],
+                         conversation_id=row["id"])
             stats.drop("seen_in_earlier_version")
         else:
             out.write(row)

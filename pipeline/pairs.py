@@ -68,7 +68,7 @@ def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000) -> Stage
             reason = "identical_responses"
         if reason:
             dropped.drop(reason, row=conv, source=conv["source"], source_row=conv["source_row"],
-                         row_id=conv["id"])
+                         row_id=conv["id"], conversation_id=conv["id"])
             stats.drop(reason)
             continue
         out.write({
@@ -132,8 +132,8 @@ def _load_annotations(path: Path | None) -> dict[str, dict]:
 
 def _scored(cand: dict, ann: dict | None) -> dict:
     """A candidate joined with its annotation; `excluded` says why it cannot be paired."""
-    row = {k: cand.get(k) for k in ("candidate_id", "conversation_id", "prompt", "response", "model",
-                                   "origin", "source_label")}
+    row = {k: cand.get(k) for k in ("candidate_id", "conversation_id", "source", "source_row", "prompt",
+                                   "response", "model", "origin", "source_label")}
     for k in ("annotator", "status", "score", "score_argmax", "score_expectation", "aspects",
               "rationale"):
         row[k] = ann.get(k) if ann else None
@@ -143,8 +143,7 @@ def _scored(cand: dict, ann: dict | None) -> dict:
         row["excluded"] = "annotation_failed"
     else:
         row["excluded"] = None
-    row.update(rank=None, times_chosen=0, times_rejected=0, _source=cand.get("source"),
-               _source_row=cand.get("source_row"))
+    row.update(rank=None, times_chosen=0, times_rejected=0)
     return row
 
 
@@ -243,7 +242,7 @@ def _pair_row(conv_id: str, chosen: dict, rejected: dict, rule: str, p_win: floa
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_origin": chosen["origin"], "rejected_origin": rejected["origin"],
         "annotator": annotator or chosen["annotator"], "pair_rule": rule,
-        "source": chosen["_source"], "source_row": chosen["_source_row"],
+        "source": chosen["source"], "source_row": chosen["source_row"],
         "metadata": json.dumps(metadata, sort_keys=True),
     }
 
@@ -303,7 +302,8 @@ def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: P
             detail = (f"{len(scored)} candidates, {len(usable)} usable"
                       + (f", {excluded} excluded (failed or missing annotation)" if excluded else ""))
             first = cands[0]
-            dropped.drop(reason, detail=detail, row_id=conv_id, source=first.get("source"),
+            dropped.drop(reason, detail=detail, row_id=conv_id, conversation_id=conv_id,
+                         source=first.get("source"),
                          source_row=first.get("source_row"),
                          row={"conversation_id": conv_id, "prompt": first["prompt"],
                               "candidates": [{k: c[k] for k in ("candidate_id", "score", "status")}

@@ -85,10 +85,12 @@ class DroppedWriter(ShardWriter):
 
     def drop(self, reason: str, *, row: Any = None, raw: bytes | None = None, detail: str = "",
              source: str | None = None, source_row: int | None = None,
-             row_id: str | None = None, match_id: str | None = None) -> None:
+             row_id: str | None = None, match_id: str | None = None,
+             conversation_id: str | None = None) -> None:
         self.write({
             "stage": self.stage, "reason": reason, "detail": detail, "source": source,
-            "source_row": source_row, "row_id": row_id, "match_id": match_id,
+            "source_row": source_row, "conversation_id": conversation_id, "row_id": row_id,
+            "match_id": match_id,
             "row": _to_text(row), "raw": raw,
         })
 

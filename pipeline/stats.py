@@ -25,6 +25,8 @@ class StageStats:
     rows_dropped: int = 0
     outputs_written: int = 0
     reasons: Counter = field(default_factory=Counter)
+    unit_in: str | None = None  # what rows_in counts (conversations, candidates, pairs ...)
+    unit_out: str | None = None  # what outputs_written counts
 
     def keep(self, outputs: int = 1, *, rows: int = 1) -> None:
         self.rows_in += rows
@@ -52,6 +54,8 @@ class StageStats:
         self.rows_dropped += other.rows_dropped
         self.outputs_written += other.outputs_written
         self.reasons.update(other.reasons)
+        self.unit_in = self.unit_in or other.unit_in
+        self.unit_out = self.unit_out or other.unit_out
         return self
 
     def to_dict(self) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: source/source_row on candidates, conversation_id on dropped rows
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -42,6 +42,8 @@ CANDIDATE = pa.schema(
     [
         ("candidate_id", pa.string()),
         ("conversation_id", pa.string()),
+        ("source", pa.string()),  # input file and row of the conversation it answers
+        ("source_row", pa.int64()),
         ("prompt", MESSAGES),
         ("response", pa.string()),
         ("model", pa.string()),
@@ -101,6 +103,8 @@ SCORED_CANDIDATE = pa.schema(
     [
         ("candidate_id", pa.string()),
         ("conversation_id", pa.string()),
+        ("source", pa.string()),
+        ("source_row", pa.int64()),
         ("prompt", MESSAGES),
         ("response", pa.string()),
         ("model", pa.string()),
@@ -150,6 +154,7 @@ DROPPED = pa.schema(
         ("detail", pa.string()),
         ("source", pa.string()),
         ("source_row", pa.int64()),
+        ("conversation_id", pa.string()),  # the ingested conversation it descends from (null: never parsed)
         ("row_id", pa.string()),  # id of the dropped row when it had one
         ("match_id", pa.string()),  # the row / benchmark item it matched (dedup, decontam)
         ("row", pa.string()),  # the original row as JSON (or decoded text)

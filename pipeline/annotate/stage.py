@@ -197,8 +197,10 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
         else:
             reason = res.error.split(":", 1)[0]
             dropped.drop(reason, row={k: v for k, v in cand.items() if k != "prompt"},
-                         detail=res.error, row_id=cand["candidate_id"], source=candidate_shard.name)
+                         detail=res.error, row_id=cand["candidate_id"], source=cand.get("source"),
+                         source_row=cand.get("source_row"), conversation_id=cand["conversation_id"])
             stats.drop(reason)
+            stats.outputs_written += 1  # the failed annotation row is in the table too
     if config.method != "judge_pairwise":
         for group in convs.values():
             for a, b in combinations(group, 2):

@@ -365,15 +365,19 @@ def match_texts(texts: pa.StringArray | list[str], index: BenchmarkIndex, config
 
 
 def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
-                        index: BenchmarkIndex) -> StageStats:
-    """Write `part-<same name>` without contaminated rows, drops, and `hits-<stem>.json`."""
+                        index: BenchmarkIndex, position: int = 0) -> StageStats:
+    """Write `part-<position>.parquet` without contaminated rows, drops, and `hits-<position>.json`.
+
+    Output names come from the shard's position in the build, never from its file name: shards of
+    different inputs share names (every ingest directory starts at part-00000)."""
     in_shard, out_dir = Path(in_shard), Path(out_dir)
+    name = f"{position:05d}"
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pq.read_table(in_shard)
     ids = table.column(config.id_column).to_pylist()
     stats = StageStats(STAGE)
     dropped = DroppedWriter(out_dir, STAGE)
-    dropped.prefix = f"dropped-{STAGE}-{in_shard.stem}"
+    dropped.prefix = f"dropped-{STAGE}-{name}"
     mask = np.ones(table.num_rows, bool)
     record = []
     matched = [(r, hits) for r, hits in enumerate(match_texts(table_texts(table, config.text_columns), index, config))
@@ -387,7 +391,8 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
         detail = {"overlap" if top.tier == "ngram" else "cosine": round(top.score, 4), "matches": len(hits)}
         dropped.drop(reason, row=row, detail=json.dumps(detail), row_id=ids[r],
                      match_id=f"{item.benchmark}:{item.item_id}", source=row.get("source"),
-                     source_row=row.get("source_row"))
+                     source_row=row.get("source_row"),
+                     conversation_id=row.get("conversation_id", row.get("id")))
         stats.drop(reason)
         for h in hits:
             it = index.items[h.item]
@@ -396,8 +401,8 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
     clean = table.num_rows - len(matched)
     stats.keep(outputs=clean, rows=clean)
     dropped.close()
-    pq.write_table(table.filter(pa.array(mask)), out_dir / in_shard.name, compression="zstd")
-    (out_dir / f"hits-{in_shard.stem}.json").write_text(json.dumps(record))
+    pq.write_table(table.filter(pa.array(mask)), out_dir / f"part-{name}.parquet", compression="zstd")
+    (out_dir / f"hits-{name}.json").write_text(json.dumps(record))
     return stats.check()
 
 
@@ -428,6 +433,7 @@ def decontaminate_shards(in_shards: list[Path], out_dir: Path, config: DecontamC
                          index: BenchmarkIndex | None = None) -> StageStats:
     """Build the index once, decontaminate every shard, write the report."""
     index = index or build_benchmark_index(config)
-    stats = StageStats.total(STAGE, [decontaminate_shard(s, out_dir, config, index) for s in in_shards])
+    stats = StageStats.total(STAGE, [decontaminate_shard(s, out_dir, config, index, n)
+                                     for n, s in enumerate(in_shards)])
     write_report(out_dir, index, config)
     return stats

@@ -314,7 +314,8 @@ def write_shard(shard: Path, out_path: Path, base: int, decisions: Decisions, dr
         reason, match, detail = d
         row = table.slice(i, 1).to_pylist()[0]
         dropped.drop(reason, row=row, detail=detail, row_id=row.get(id_column), match_id=match,
-                     source=row.get("source"), source_row=row.get("source_row"))
+                     source=row.get("source"), source_row=row.get("source_row"),
+                     conversation_id=row.get("conversation_id", row.get("id")))
         stats.drop(reason)
     pq.write_table(table.filter(pa.array(mask)), out_path, compression="zstd")
 

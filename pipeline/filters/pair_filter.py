@@ -40,7 +40,8 @@ def filter_pairs(in_shard: Path, out_dir: Path, stage: str,
             stats.keep()
         else:
             dropped.drop(reason, detail=detail, row=row, source=row.get("source"),
-                         source_row=row.get("source_row"), row_id=row["pair_id"])
+                         source_row=row.get("source_row"), row_id=row["pair_id"],
+                         conversation_id=row["conversation_id"])
             stats.drop(reason)
     report(stage, stats.rows_in)
     out.close()
