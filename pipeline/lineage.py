@@ -10,6 +10,7 @@ pair is dropped by the pairs stage with the reason why).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -100,6 +101,10 @@ def check_build(funnel: list[dict], ingested: list[Path], published: list[Path],
                 stage_outputs: dict[str, list[Path]]) -> None:
     """Raise LineageError naming the stage (and ids) if a count or an id does not add up."""
     problems = chain_problems(funnel)
+    for stage, paths in stage_outputs.items():
+        repeated = sorted(str(p) for p, n in Counter(Path(p).resolve() for p in paths).items() if n > 1)
+        if repeated:
+            problems.append(f"stage {stage} lists output shard(s) twice: {', '.join(repeated[:3])}")
     if problems:
         raise LineageError("; ".join(problems))
     missing = unaccounted(ingested, published, dropped)

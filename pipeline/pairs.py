@@ -119,14 +119,25 @@ def _by_conversation(rows: Iterator[dict]) -> dict[str, list[dict]]:
     return groups
 
 
+def _copies(cands: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(the candidates of one occurrence, the input file and row of each occurrence).
+
+    Without dedup an input may repeat a conversation: its copies (told apart by their input row)
+    give the same candidates, and each copy yields its pairs, as it would in separate shards."""
+    occurrences = list(dict.fromkeys((c.get("source"), c.get("source_row")) for c in cands))
+    first = occurrences[0]
+    return ([c for c in cands if (c.get("source"), c.get("source_row")) == first],
+            [{"source": src, "source_row": row} for src, row in occurrences])
+
+
 def _load_annotations(path: Path | None) -> dict[str, dict]:
     out: dict[str, dict] = {}
     if path is None:
         return out
     for row in iter_rows(path):
-        if row["candidate_id"] in out:
-            raise ValueError(f"{path}: candidate {row['candidate_id']} is annotated twice")
-        out[row["candidate_id"]] = row
+        first = out.setdefault(row["candidate_id"], row)
+        if (first["status"], first["score"]) != (row["status"], row["score"]):
+            raise ValueError(f"{path}: candidate {row['candidate_id']} is annotated twice, differently")
     return out
 
 
@@ -270,6 +281,7 @@ def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: P
     tol = config.tie_tolerance
 
     for conv_id, cands in _by_conversation(iter_rows(candidate_shard)).items():
+        cands, copies = _copies(cands)
         scored = [_scored(c, annotations.get(c["candidate_id"])) for c in cands]
         usable = [c for c in scored if c["excluded"] is None]
         ranks = _dense_ranks(usable, tol)
@@ -294,21 +306,21 @@ def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: P
                     row = _pair_row(conv_id, chosen, rejected, config.rule, p_win, annotator,
                                     spread, len(scored))
                     rows[row["pair_id"]] = row
-            for row in rows.values():
-                out.write(row)
-            stats.keep(outputs=len(rows))
+            for where in copies:
+                for row in rows.values():
+                    out.write({**row, **where})
+            stats.keep(outputs=len(rows) * len(copies), rows=len(copies))
         else:
             excluded = sum(c["excluded"] is not None for c in scored)
             detail = (f"{len(scored)} candidates, {len(usable)} usable"
                       + (f", {excluded} excluded (failed or missing annotation)" if excluded else ""))
             first = cands[0]
-            dropped.drop(reason, detail=detail, row_id=conv_id, conversation_id=conv_id,
-                         source=first.get("source"),
-                         source_row=first.get("source_row"),
-                         row={"conversation_id": conv_id, "prompt": first["prompt"],
-                              "candidates": [{k: c[k] for k in ("candidate_id", "score", "status")}
-                                             for c in scored]})
-            stats.drop(reason)
+            for where in copies:
+                dropped.drop(reason, detail=detail, row_id=conv_id, conversation_id=conv_id, **where,
+                             row={"conversation_id": conv_id, "prompt": first["prompt"],
+                                  "candidates": [{k: c[k] for k in ("candidate_id", "score", "status")}
+                                                 for c in scored]})
+                stats.drop(reason)
         for c in scored:
             table.write({k: c[k] for k in SCORED_CANDIDATE.names})
     report(STAGE, stats.rows_in)

@@ -18,7 +18,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.incremental import IDS_FILE
@@ -127,6 +127,14 @@ INPUTS = st.lists(st.lists(st.tuples(st.integers(0, POOL - 1), st.sampled_from([
                            min_size=1, max_size=8), min_size=1, max_size=3)
 
 
+ALL_ON = {"shard_rows": 3, "dedup": True, "decontam": True, "incremental": True, "model": True,
+          "rule": "best_vs_worst", "length": True, "margin": True, "ches": True}
+TWO_FILES = [[(i, "hh_rlhf") for i in range(6)], [(i, "pairs") for i in range(6, 12)]]
+
+
+@example(files=TWO_FILES, stages={**ALL_ON, "dedup": False, "incremental": False, "model": False,
+                                  "length": False, "margin": False, "ches": False}, bad_line=False)  # issue 13.1
+@example(files=[*TWO_FILES, [(0, "pairs"), (13, "hh_rlhf"), (13, "hh_rlhf")]], stages=ALL_ON, bad_line=True)
 @settings(max_examples=8, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(files=INPUTS, stages=STAGES, bad_line=st.booleans())
