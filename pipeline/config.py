@@ -6,6 +6,10 @@ Stage modules define their config as `Strict` subclasses here-importable without
 
 from __future__ import annotations
 
+import math
+import os
+import re
+from collections import Counter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,9 +22,10 @@ class RecipeError(ValueError):
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors; configs are immutable once validated."""
+    """Unknown keys and lax coercions (`true` or `'10'` for an int) are errors; configs are
+    immutable once validated. YAML's own types still fit: an int where a float is expected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
 
 class InputSpec(Strict):
@@ -36,11 +41,42 @@ class IngestConfig(Strict):
     max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Longer raw lines are quarantined")
 
 
-def format_error(source: str, err: ValidationError) -> str:
-    """One line per validation error: `FILE: dotted.field: message`."""
+def format_error(source: str, err: ValidationError, section: str = "") -> str:
+    """One line per validation error: `FILE: dotted.field: message` (fields of `section` when
+    only that section of the recipe was validated)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in (section, *e["loc"]) if p != "") or "(top level)"
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+KEY_PREFIXES = ("sk-", "sk_", "pk_", "rk_", "hf_", "ghp_", "gho_", "ghs_", "ghu_", "github_pat_",
+                "glpat-", "xox", "AKIA", "AIza")
+
+
+def looks_like_key(value: str) -> bool:
+    """Whether a value given as an environment variable's NAME is more likely the secret itself:
+    a known key prefix, a character no variable name has, or a long high-entropy run (variable
+    names are short words joined by `_`)."""
+    if value.startswith(KEY_PREFIXES) or not ENV_NAME.match(value):
+        return True
+    run = max(value.split("_"), key=len)
+    mixed = sum(any(f(c) for c in run) for f in (str.islower, str.isupper, str.isdigit)) >= 2
+    entropy = -sum(n / len(run) * math.log2(n / len(run)) for n in Counter(run).values()) if run else 0
+    return len(run) >= 16 and mixed and entropy >= 3.5
+
+
+def env_var_problem(value: object, require_set: bool = True) -> str | None:
+    """Why `value` cannot name the environment variable holding an API key, or None. The message
+    never repeats a value that looks like a key, nor any variable's value."""
+    if not isinstance(value, str):
+        return "expected the name of an environment variable"
+    if looks_like_key(value):
+        return ("looks like a key, not a variable name: put the key in an environment variable "
+                "and give the variable's name here")
+    if require_set and not os.environ.get(value):
+        return f"environment variable {value} is not set (it must hold the API key)"
+    return None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-VERSION_RE = re.compile(r"^v?(\d{1,9})$")
+# Anchored with \Z (`$` would let a trailing newline through).
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+VERSION_RE = re.compile(r"\Av?([0-9]{1,9})\Z")
 
 
 class NameError_(ValueError):

@@ -1,21 +1,23 @@
 """The YAML recipe: what to ingest, which stages to run with which parameters, what to publish.
 
-Validated by pydantic before any work: unknown keys are rejected and every error names the file
-and the field (`recipe.yaml: inputs.0.format: ...`). YAML is loaded with the safe loader only.
-Stage sections are optional: a stage runs only when the recipe names it.
+Validated by pydantic before any work: unknown keys, duplicate keys and lax types are rejected
+and every error names the file and the field (`recipe.yaml: inputs.0.format: ...`). YAML is loaded
+with the safe loader only. Paths are relative to the recipe file; the environment variables named
+by `api_key_env` must be set. Stage sections are optional: a stage runs only when the recipe names it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from pipeline.annotate.config import AnnotateConfig
-from pipeline.config import FORMATS, IngestConfig, InputSpec, RecipeError, Strict, format_error
+from pipeline.config import FORMATS, IngestConfig, InputSpec, RecipeError, Strict, env_var_problem, format_error
 from pipeline.engines.base import GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_LOGPROBS
 from pipeline.filters.ches import ChesConfig
 from pipeline.filters.decontam import DecontamConfig
@@ -24,11 +26,26 @@ from pipeline.filters.length import LengthConfig
 from pipeline.filters.margin import MarginConfig
 from pipeline.generate import GenerateConfig
 from pipeline.ids import canonical_json, content_id
+from pipeline.ingest.readers import path_problem
 from pipeline.names import check_dataset_name
 from pipeline.pairs import PairsConfig
 
-__all__ = ["FORMATS", "IngestConfig", "InputSpec", "Recipe", "RecipeError", "Strict", "load_recipe",
-           "parse_recipe"]
+__all__ = ["FORMATS", "IngestConfig", "InputSpec", "Recipe", "RecipeError", "Strict", "load_annotate_config",
+           "load_recipe", "load_yaml", "parse_recipe"]
+
+# Every path field (`*`: each item of a list, each value of a mapping), resolved against the
+# recipe's directory, and what must be there: "any" (file or directory), "file" or None (the
+# decontam registry is checked with its benchmark files, a cache directory is created).
+PATH_FIELDS: dict[str, str | None] = {
+    "inputs.*.path": "any",
+    "decontam.registry": None,
+    "decontam.benchmarks_root": None,
+    "decontam.cache_dir": None,
+    "annotate.templates.pointwise": "file",
+    "annotate.templates.pairwise": "file",
+}
+# Fields naming the environment variable that holds an HTTP engine's API key.
+ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
 
 # What each engine kind can do (pipeline/engines/*): checked against what the recipe asks for.
 ENGINE_CAPABILITIES = {
@@ -121,35 +138,91 @@ class Recipe(Strict):
         return canonical_json({s: data.get(s) for s in sections})
 
 
-def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
-    """Validate recipe data; input paths are resolved against `base_dir` and must exist."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _fields(data: object, pattern: str) -> list[tuple[str, dict, str]]:
+    """(dotted location, mapping, key) of each value set at `pattern` in raw recipe data."""
+    found: list[tuple[str, object]] = [("", data)]
+    *parents, last = pattern.split(".")
+    for part in parents:
+        step = []
+        for loc, obj in found:
+            if part == "*":
+                items = enumerate(obj) if isinstance(obj, list) else obj.items() if isinstance(obj, dict) else ()
+            else:
+                items = [(part, obj[part])] if isinstance(obj, dict) and part in obj else ()
+            step += [(f"{loc}{k}.", v) for k, v in items]
+        found = step
+    return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
+
+
+def _resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Path, str, str | None]]]:
+    """A copy of `data` with every path field absolute (relative ones are relative to `base_dir`),
+    and (location, path, path as written, what must be there) of each."""
+    data, paths = copy.deepcopy(data), []
+    for pattern, must_exist in PATH_FIELDS.items():
+        for loc, obj, key in _fields(data, pattern):
+            if isinstance(obj[key], str):  # anything else is a type error, reported by validation
+                path = base_dir / obj[key]
+                paths.append((loc, path, obj[key], must_exist))
+                try:
+                    obj[key] = str(path.resolve())
+                except (OSError, RuntimeError, ValueError):  # a loop or NUL: reported as such below
+                    obj[key] = str(path)
+    return data, paths
+
+
+def _path_problem(path: Path, must_exist: str | None) -> str | None:
+    """Why `path` is not what the field needs ("any" or "file"), or None."""
+    if must_exist is None:
+        return None
+    try:
+        problem = path_problem(path)
+    except ValueError:  # NUL in the path
+        return "invalid path"
+    return "not a file" if problem is None and must_exist == "file" and not path.is_file() else problem
+
+
+def _validate(model: type[M], data: dict, source: str, base_dir: Path | None, check_env: bool,
+              section: str = "") -> M:
+    """`model` from `data` (or from its `section`). With `base_dir`, path fields are resolved
+    against it and must lead somewhere; every `api_key_env` must name a variable (set, when
+    `check_env`), not hold a key."""
+    paths = []
+    if base_dir is not None:
+        data, paths = _resolve_paths(data, base_dir)
+    try:
+        result = model.model_validate(data[section] if section else data)
+    except ValidationError as err:
+        raise RecipeError(format_error(source, err, section)) from None
+    for loc, path, written, must_exist in paths:
+        if (problem := _path_problem(path, must_exist)) is not None:
+            raise RecipeError(f"{source}: {loc}: {problem}: {written}")
+    for pattern in ENV_FIELDS:
+        for loc, obj, key in _fields(data, pattern):
+            if (problem := env_var_problem(obj[key], require_set=check_env)) is not None:
+                raise RecipeError(f"{source}: {loc}: {problem}")
+    return result
+
+
+def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None = None,
+                 check_env: bool = True) -> Recipe:
+    """Validate recipe data; with `base_dir`, path fields are resolved against it and the files
+    they name must exist. `check_env=False` skips checking that the `api_key_env` variables are
+    set (a recipe prepared here to run elsewhere)."""
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: (top level): expected a mapping, got {type(data).__name__}")
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as err:
-        raise RecipeError(format_error(source, err)) from None
-    if base_dir is not None:
-        inputs = []
-        for i, spec in enumerate(recipe.inputs):
-            path = Path(spec.path)
-            path = path if path.is_absolute() else (base_dir / path)
-            if not path.exists():
-                raise RecipeError(f"{source}: inputs.{i}.path: no such file or directory: {spec.path}")
-            inputs.append(spec.model_copy(update={"path": str(path.resolve())}))
-        recipe = recipe.model_copy(update={"inputs": inputs})
-        if recipe.decontam is not None:
-            recipe = recipe.model_copy(update={"decontam": _resolve_decontam(recipe.decontam, base_dir, source)})
+    recipe = _validate(Recipe, data, source, base_dir, check_env)
+    if base_dir is not None and recipe.decontam is not None:
+        _check_decontam(recipe.decontam, source)
     return recipe
 
 
-def _resolve_decontam(config: DecontamConfig, base_dir: Path, source: str) -> DecontamConfig:
-    """Paths of the benchmark registry relative to the recipe; every benchmark file must exist."""
+def _check_decontam(config: DecontamConfig, source: str) -> None:
+    """Every benchmark file of the registry must exist."""
     from pipeline.filters.decontam import load_registry
 
-    update = {k: str((base_dir / getattr(config, k)).resolve())
-              for k in ("registry", "benchmarks_root") if getattr(config, k)}
-    config = config.model_copy(update=update)
     try:
         root, specs = load_registry(config.registry, config.benchmarks_root, config.benchmarks)
     except (OSError, ValueError) as err:
@@ -159,20 +232,74 @@ def _resolve_decontam(config: DecontamConfig, base_dir: Path, source: str) -> De
         raise RecipeError(f"{source}: decontam.benchmarks_root: {len(missing)} benchmark file(s) not found, "
                           f"e.g. {missing[0]} (point decontam.benchmarks_root at your copies, or list "
                           f"the ones you have in decontam.benchmarks)")
-    return config
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
+def _duplicate_keys(root: yaml.Node, source: str) -> list[str]:
+    """`FILE: dotted.key: duplicate key ...` for each key repeated in a mapping (merge keys `<<`
+    may override), in document order."""
+    found: list[tuple[int, str]] = []
+    stack, seen = [(root, "")], set()
+    while stack:
+        node, loc = stack.pop()
+        if id(node) in seen:  # an alias
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            stack += [(item, f"{loc}{i}.") for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    stack.append((value, f"{loc}?."))
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first:
+                    found.append((line, f"{source}: {loc}{key.value}: duplicate key on line {line} "
+                                        f"(first on line {first[key.tag, key.value]})"))
+                first.setdefault((key.tag, key.value), line)
+                stack.append((value, f"{loc}{key.value}."))
+    return [message for _, message in sorted(found)]
+
+
+def load_yaml(text: str, source: str) -> object:
+    """YAML with the safe loader; a duplicate key at any depth is an error (file, key, line)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = _duplicate_keys(node, source)
+        if duplicates:
+            raise RecipeError("\n".join(duplicates))
+        return loader.construct_document(node)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{source}: invalid YAML: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def _read(path: Path) -> object:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise RecipeError(f"{path}: cannot read recipe: {err}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise RecipeError(f"{path}: invalid YAML: {err}") from None
-    return parse_recipe(data, source=str(path), base_dir=path.resolve().parent)
+    return load_yaml(text, str(path))
+
+
+def load_recipe(path: str | Path, check_env: bool = True) -> Recipe:
+    """The recipe file, validated; paths relative to its directory (see `parse_recipe`)."""
+    path = Path(path)
+    return parse_recipe(_read(path), source=str(path), base_dir=path.resolve().parent, check_env=check_env)
+
+
+def load_annotate_config(path: str | Path, check_env: bool = True) -> AnnotateConfig:
+    """Only the `annotate` section of a recipe file (eval-annotator), checked as `load_recipe` checks it."""
+    path = Path(path)
+    data = _read(path)
+    if not isinstance(data, dict) or not isinstance(data.get("annotate"), dict):
+        raise RecipeError(f"{path}: annotate: the recipe has no annotate section")
+    return _validate(AnnotateConfig, {"annotate": data["annotate"]}, str(path), path.resolve().parent,
+                     check_env, "annotate")
 
 
 def export_json_schema(path: Path) -> None:

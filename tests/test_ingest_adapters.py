@@ -159,3 +159,50 @@ def test_unknown_format_is_a_reason_not_a_crash():
     with pytest.raises(Malformed) as err:
         detect_format({"foo": 1})
     assert err.value.reason == "unknown_format"
+
+
+WRONG_TYPES = [  # (row, reason, detail): every adapter names the field of the wrong type
+    ({"messages": "a string"}, "wrong_type", "messages is string, expected an array of messages"),
+    ({"messages": ["hi"]}, "wrong_type", "messages[0] is string, expected an object"),
+    ({"messages": [{"role": 1, "content": "x"}]}, "wrong_type", "messages[0].role is integer, expected a string"),
+    ({"messages": [{"role": "user", "content": 5}]}, "non_string_content", "messages[0].content is integer"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "model": 7},
+     "wrong_type", "model is integer, expected a string"),
+    ({"conversations": {"from": "human"}}, "wrong_type", "conversations is object, expected an array of messages"),
+    ({"conversations": [{"from": ["human"], "value": "x"}]}, "wrong_type",
+     "conversations[0].from is array, expected a string"),
+    ({"conversations": [{"from": "human", "value": None}]}, "missing_field", "conversations[0].value"),
+    ({"chosen": 42, "rejected": "\n\nHuman: hi\n\nAssistant: yo"}, "non_string_content", "chosen is integer"),
+    ({"instruction": "i", "input": 3, "output": "o"}, "non_string_content", "input is integer"),
+    ({"instruction": "i", "output": True}, "non_string_content", "output is boolean"),
+    ({"instruction": "i", "output": "o", "generator": {"name": "m"}}, "wrong_type",
+     "generator is object, expected a string"),
+    ({"instruction": "i", "instances": [{"input": "a", "output": 5}]}, "non_string_content",
+     "instances[0].output is integer"),
+    ({"instruction": "i", "instances": "x"}, "wrong_type", "instances must be a non-empty array of objects"),
+    ({"prompt": 5}, "wrong_type", "prompt is integer, expected an array of messages"),
+    ({"question": {"text": "q"}}, "wrong_type", "question is object, expected an array of messages"),
+    ({"prompt": "p", "chosen": 1.5, "rejected": "r"}, "non_string_content", "chosen is number"),
+    ({"prompt": "p", "chosen": "c", "rejected": ["r"]}, "wrong_type", "rejected[0] is string, expected an object"),
+    ({"prompt": "p", "chosen": "c", "rejected": "r", "chosen_model": []}, "wrong_type",
+     "chosen_model is array, expected a string"),
+    ({"prompt": "p", "response 1": 3, "response 2": "b", "label": 0}, "non_string_content", "response 1 is integer"),
+    ({"prompt": "p", "response 1": "a", "response 2": "b", "label": "0"}, "bad_label", "label='0'"),
+]
+
+
+def test_wrong_types_are_quarantined_naming_the_field(tmp_path):
+    path = tmp_path / "wrong.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row, _, _ in WRONG_TYPES))
+    stats, _, dropped = ingest(tmp_path, path)
+    assert stats.rows_out == 0
+    got = dropped.sort("source_row").select("reason", "detail").rows()
+    assert got == [(reason, detail) for _, reason, detail in WRONG_TYPES]
+
+
+def test_a_prompt_may_still_be_a_string(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "a string"}) + "\n"
+                    + json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "chosen_model": None}) + "\n")
+    stats, kept, _ = ingest(tmp_path, path)
+    assert stats.rows_out == 2 and kept["prompt"].to_list()[0] == [{"role": "user", "content": "a string"}]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.recipe import Recipe, RecipeError, load_recipe
+from pipeline.names import NameError_, parse_ref
+from pipeline.recipe import Recipe, RecipeError, load_annotate_config, load_recipe
 from pipeline.tables import TABLES, schema_to_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,3 +110,85 @@ def test_shipped_recipes_are_valid_and_their_inputs_exist(path):
     recipe = load_recipe(path)
     assert recipe.inputs and all(Path(i.path).exists() for i in recipe.inputs), recipe.inputs
     assert recipe.output.dataset
+
+
+def raises(path, **kw) -> str:
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, **kw)
+    return str(err.value)
+
+
+def test_a_name_with_a_trailing_newline_is_rejected(recipe_dir):
+    path = write(recipe_dir, GOOD.replace("dataset: demo", 'dataset: "ok\\n"'))
+    message = raises(path)
+    assert f"{path}: output.dataset: " in message and "invalid dataset name" in message
+    for ref in ("ok\n", "ok@v1\n", "ok@v\u0661"):
+        with pytest.raises(NameError_):
+            parse_ref(ref)
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD + "output:\n  dataset: other\n", "output: duplicate key on line 6 (first on line 4)"),
+    (GOOD + "ingest:\n  shard_rows: 10\n  shard_rows: 20\n",
+     "ingest.shard_rows: duplicate key on line 8 (first on line 7)"),
+    (GOOD.replace("path: in.jsonl", "path: in.jsonl\n    path: other.jsonl"),
+     "inputs.0.path: duplicate key on line 4 (first on line 3)"),
+])
+def test_duplicate_keys_at_any_depth_are_rejected(recipe_dir, text, message):
+    path = write(recipe_dir, text)
+    assert raises(path) == f"{path}: {message}"
+
+
+def test_merge_keys_may_override(recipe_dir):
+    recipe = load_recipe(write(recipe_dir, GOOD + "ingest: {<<: {shard_rows: 5}, shard_rows: 7}\n"))
+    assert recipe.ingest.shard_rows == 7
+
+
+@pytest.mark.parametrize("text, field, message", [
+    (GOOD + "ingest:\n  shard_rows: true\n", "ingest.shard_rows", "Input should be a valid integer"),
+    (GOOD + "ingest:\n  shard_rows: '10'\n", "ingest.shard_rows", "Input should be a valid integer"),
+    (GOOD + "ingest:\n  shard_rows: 10.0\n", "ingest.shard_rows", "Input should be a valid integer"),
+    (GOOD + "pairs:\n  tau: '0.5'\n", "pairs.tau", "Input should be a valid number"),
+    (GOOD + "pairs:\n  tau: true\n", "pairs.tau", "Input should be a valid number"),
+    (GOOD + "description: 3\n", "description", "Input should be a valid string"),
+    (GOOD + "dedup:\n  exact: 'yes'\n", "dedup.exact", "Input should be a valid boolean"),
+    (GOOD + "dedup:\n  response_columns: responses\n", "dedup.response_columns", "Input should be a valid list"),
+])
+def test_types_are_strict(recipe_dir, text, field, message):
+    path = write(recipe_dir, text)
+    assert f"{path}: {field}: {message}" in raises(path)
+
+
+def test_yaml_natural_values_still_load(recipe_dir):
+    recipe = load_recipe(write(recipe_dir, GOOD.replace("- path: in.jsonl", "- {path: in.jsonl, format: prompt}")
+                               + "ingest: {shard_rows: 10}\npairs: {tau: 2}\ndedup: {response_columns: [a]}\n"))
+    assert (recipe.ingest.shard_rows, recipe.inputs[0].format, recipe.dedup.response_columns) == (10, "prompt", ["a"])
+    assert recipe.pairs.tau == 2.0 and isinstance(recipe.pairs.tau, float)
+
+
+JUDGED = GOOD + """
+generate:
+  models: [{name: m, model: some-model, engine: vllm}]
+annotate:
+  method: judge_pairwise
+  models: {judge: {engine: vllm, model: j}}
+  templates: {pairwise: prompts/pairwise.jinja}
+pairs: {rule: pairwise_winners}
+decontam: {cache_dir: cache}
+"""
+
+
+def test_every_path_is_relative_to_the_recipe_for_build_and_eval_annotator(recipe_dir, tmp_path, monkeypatch):
+    path = write(recipe_dir, JUDGED)
+    monkeypatch.chdir(tmp_path.parent)  # not the recipe's directory
+    expected = f"{path}: annotate.templates.pairwise: no such file or directory: prompts/pairwise.jinja"
+    assert raises(path) == expected
+    with pytest.raises(RecipeError) as err:
+        load_annotate_config(path)
+    assert str(err.value) == expected
+    (recipe_dir / "prompts").mkdir()
+    (recipe_dir / "prompts" / "pairwise.jinja").write_text("{{ conversation | fence('conversation') }}")
+    recipe = load_recipe(path)
+    assert recipe.annotate.templates.pairwise == str((recipe_dir / "prompts" / "pairwise.jinja").resolve())
+    assert recipe.decontam.cache_dir == str((recipe_dir / "cache").resolve())
+    assert load_annotate_config(path) == recipe.annotate

@@ -33,7 +33,8 @@ class ModelRef(Strict):
         "transformers", description="Engine kind (pipeline.engines.registry)")
     model: str = Field(description="Local model directory, packaged model name or served model name")
     options: dict[str, Any] = Field(default_factory=dict,
-                                    description="Engine keyword arguments (dtype, base_url, ...)")
+                                    description="Engine keyword arguments (dtype, base_urls, "
+                                                "api_key_env: NAME of the API key's variable, ...)")
 
 
 class AnnotatorModels(Strict):
@@ -56,6 +57,8 @@ class Criteria(Strict):
 
 
 class Templates(Strict):
+    """Judge prompt templates; paths are relative to the recipe file."""
+
     pointwise: str | None = Field(None, description="Path of a Jinja (.jinja/.j2) or format-string "
                                                     "(.txt) template; default: the packaged one")
     pairwise: str | None = None

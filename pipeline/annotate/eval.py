@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.density_ratio import DensityRatio, density_ratio
@@ -26,41 +25,11 @@ from pipeline.annotate.gold import GoldPair
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem, verdict_from_probability
 from pipeline.annotate.reward_model import RewardModel
 from pipeline.engines.base import Engine
-from pipeline.config import RecipeError, format_error as _format_error
 
 LABELS = ["a", "b", "tie", "failed"]
 
 
 # --- configuration and engines -------------------------------------------------------------------
-
-def load_annotate_config(path: Path) -> AnnotateConfig:
-    """The recipe's `annotate` section (template paths resolved against the recipe's directory)."""
-    from pydantic import ValidationError
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise RecipeError(f"{path}: cannot read recipe: {err}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("annotate"), dict):
-        raise RecipeError(f"{path}: annotate: the recipe has no annotate section")
-    section = dict(data["annotate"])
-    templates = dict(section.get("templates") or {})
-    for kind, value in templates.items():
-        if isinstance(value, str) and not Path(value).is_absolute():
-            templates[kind] = str((path.parent / value).resolve())
-    if templates:
-        section["templates"] = templates
-    try:
-        config = AnnotateConfig.model_validate(section)
-    except ValidationError as err:
-        raise RecipeError(_format_error(str(path), err).replace(f"{path}: ", f"{path}: annotate.")) from None
-    for kind in ("pointwise", "pairwise"):
-        t = getattr(config.templates, kind)
-        if t and not Path(t).is_file():
-            raise RecipeError(f"{path}: annotate.templates.{kind}: no such file: {t}")
-    return config
-
 
 def open_engines(config: AnnotateConfig) -> dict[str, Engine]:
     """Load one engine per role the method needs (a model shared by two roles loads twice only

@@ -3,13 +3,14 @@
 Formats: OpenAI `messages`, ShareGPT `conversations`, Anthropic hh-rlhf transcripts, Alpaca /
 self-instruct, plain prompt, preference pairs (`prompt`/`chosen`/`rejected`) and labelled pairwise
 comparisons (Auto-J, AlpacaEval annotations). `detect_format` picks one from a row's keys.
+A field of the wrong type is `Malformed` with a detail naming it; text must be valid Unicode.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from pipeline.ids import conversation_id
 
@@ -31,6 +32,14 @@ ROLE_ALIASES = {
 }
 ROLE_KEYS = ("role", "from", "speaker", "author")
 CONTENT_KEYS = ("content", "value", "text")
+JSON_TYPES = {type(None): "null", bool: "boolean", int: "integer", float: "number", str: "string",
+              list: "array", dict: "object"}
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def kind(value: object) -> str:
+    """The JSON type name of a decoded value (`string`, `array`, ...), for reason details."""
+    return JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def text(value: object, field: str, max_chars: int) -> str:
@@ -53,7 +62,7 @@ def text(value: object, field: str, max_chars: int) -> str:
     if value is None:
         raise Malformed("missing_field", field)
     if not isinstance(value, str):
-        raise Malformed("non_string_content", f"{field} is {type(value).__name__}")
+        raise Malformed("non_string_content", f"{field} is {kind(value)}")
     if not value.strip():
         raise Malformed("empty_content", field)
     if len(value) > max_chars:
@@ -67,6 +76,14 @@ def require(row: dict, key: str) -> object:
     if key not in row or row[key] is None:
         raise Malformed("missing_field", key)
     return row[key]
+
+
+def optional_str(row: dict, key: str) -> str | None:
+    """An optional string field (a model name): absent or null is None, any other type is malformed."""
+    value = row.get(key)
+    if value is not None and not isinstance(value, str):
+        raise Malformed("wrong_type", f"{key} is {kind(value)}, expected a string")
+    return value
 
 
 def check_role_order(messages: list[dict]) -> None:
@@ -89,40 +106,69 @@ def split_prompt(messages: list[dict]) -> tuple[list[dict], list[dict]]:
 
 
 def parse_messages(value: object, field: str, max_chars: int) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": "user", "content": text(value, field, max_chars)}]
+    """A list of turn objects (role + content under any of the known key names)."""
     if not isinstance(value, list):
-        raise Malformed("wrong_type", f"{field} is {type(value).__name__}, expected a list")
+        raise Malformed("wrong_type", f"{field} is {kind(value)}, expected an array of messages")
     if not value:
         raise Malformed("empty_messages", field)
-    out = []
-    for i, m in enumerate(value):
-        if not isinstance(m, dict):
-            raise Malformed("wrong_type", f"{field}[{i}] is {type(m).__name__}")
-        role_key = next((k for k in ROLE_KEYS if k in m), None)
-        content_key = next((k for k in CONTENT_KEYS if k in m), None)
-        if role_key is None or content_key is None:
-            raise Malformed("missing_field", f"{field}[{i}] needs a role and a content")
-        raw_role = m[role_key]
-        role = ROLE_ALIASES.get(raw_role.lower()) if isinstance(raw_role, str) else None
-        if role is None:
-            raise Malformed("unknown_role", f"{field}[{i}] role {raw_role!r}")
-        out.append({"role": role, "content": text(m[content_key], f"{field}[{i}]", max_chars)})
-    return out
+    return [parse_turn(m, f"{field}[{i}]", max_chars) for i, m in enumerate(value)]
 
 
-def response(label: str, content: str, model: object = None) -> dict:
-    return {"label": label, "content": content, "model": model if isinstance(model, str) else None}
+def parse_turn(turn: object, field: str, max_chars: int) -> dict:
+    if not isinstance(turn, dict):
+        raise Malformed("wrong_type", f"{field} is {kind(turn)}, expected an object")
+    role_key = next((k for k in ROLE_KEYS if k in turn), None)
+    content_key = next((k for k in CONTENT_KEYS if k in turn), None)
+    if role_key is None or content_key is None:
+        raise Malformed("missing_field", f"{field} needs a role and a content")
+    raw_role = turn[role_key]
+    if not isinstance(raw_role, str):
+        raise Malformed("wrong_type", f"{field}.{role_key} is {kind(raw_role)}, expected a string")
+    role = ROLE_ALIASES.get(raw_role.lower())
+    if role is None:
+        raise Malformed("unknown_role", f"{field} role {raw_role!r}")
+    return {"role": role, "content": text(turn[content_key], f"{field}.{content_key}", max_chars)}
+
+
+def parse_prompt(value: object, field: str, max_chars: int) -> list[dict]:
+    """A prompt: one user turn given as a string, or a list of messages."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": text(value, field, max_chars)}]
+    return parse_messages(value, field, max_chars)
+
+
+def response(label: str, content: str, model: str | None = None) -> dict:
+    return {"label": label, "content": content, "model": model}
+
+
+def strings(messages: list[dict], prompt: list[dict], responses: list[dict]
+            ) -> Iterator[tuple[str, str]]:
+    """(field, value) for every string of a conversation."""
+    for name, items in (("messages", messages), ("prompt", prompt), ("responses", responses)):
+        for i, item in enumerate(items):
+            for key, value in item.items():
+                if isinstance(value, str):
+                    yield f"{name}[{i}].{key}", value
+
+
+def check_encodable(fields: Iterable[tuple[str, str]]) -> None:
+    """Text must be valid Unicode: a lone surrogate (a JSON `\\ud800` escape) cannot be hashed or
+    written to Parquet."""
+    for field, value in fields:
+        if LONE_SURROGATE.search(value):
+            raise Malformed("bad_text", f"lone surrogate in {field}")
 
 
 def conversation(messages: list[dict], prompt: list[dict], responses: list[dict],
                  metadata: dict) -> dict:
+    meta = json.dumps(metadata, ensure_ascii=False, default=str, sort_keys=True)
+    check_encodable([*strings(messages, prompt, responses), ("metadata", meta)])
     return {
         "id": conversation_id(prompt, responses),
         "messages": messages,
         "prompt": prompt,
         "responses": responses,
-        "metadata": json.dumps(metadata, ensure_ascii=False, default=str, sort_keys=True),
+        "metadata": meta,
     }
 
 
@@ -135,14 +181,14 @@ def rest(row: dict, used: set[str]) -> dict:
 def from_openai(row: dict, max_chars: int) -> dict:
     messages = parse_messages(require(row, "messages"), "messages", max_chars)
     prompt, reply = split_prompt(messages)
-    responses = [response("reference", reply[0]["content"], row.get("model"))] if reply else []
+    responses = [response("reference", reply[0]["content"], optional_str(row, "model"))] if reply else []
     return conversation(messages, prompt, responses, rest(row, {"messages"}))
 
 
 def from_sharegpt(row: dict, max_chars: int) -> dict:
     messages = parse_messages(require(row, "conversations"), "conversations", max_chars)
     prompt, reply = split_prompt(messages)
-    responses = [response("reference", reply[0]["content"], row.get("model"))] if reply else []
+    responses = [response("reference", reply[0]["content"], optional_str(row, "model"))] if reply else []
     return conversation(messages, prompt, responses, rest(row, {"conversations"}))
 
 
@@ -187,15 +233,15 @@ def from_hh_rlhf(row: dict, max_chars: int) -> dict:
 
 def from_alpaca(row: dict, max_chars: int) -> dict:
     instruction = text(require(row, "instruction"), "instruction", max_chars)
-    extra = row.get("input")
-    output = row.get("output")
+    fields, where = row, ""
     if "instances" in row:  # self-instruct: instances[{input, output}]
         instances = row["instances"]
         if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
-            raise Malformed("wrong_type", "instances must be a non-empty list of objects")
-        extra, output = instances[0].get("input"), instances[0].get("output")
+            raise Malformed("wrong_type", "instances must be a non-empty array of objects")
+        fields, where = instances[0], "instances[0]."
+    extra, output = fields.get("input"), fields.get("output")
     if extra is not None and not isinstance(extra, str):
-        raise Malformed("non_string_content", "input")
+        raise Malformed("non_string_content", f"{where}input is {kind(extra)}")
     user = instruction if not extra or not extra.strip() else f"{instruction}\n\n{extra}"
     if len(user) > max_chars:
         raise Malformed("oversize_text", f"instruction+input has {len(user)} characters")
@@ -203,8 +249,8 @@ def from_alpaca(row: dict, max_chars: int) -> dict:
     responses = []
     messages = list(prompt)
     if output is not None and (not isinstance(output, str) or output.strip()):
-        out = text(output, "output", max_chars)
-        responses.append(response("reference", out, row.get("generator")))
+        out = text(output, f"{where}output", max_chars)
+        responses.append(response("reference", out, optional_str(row, "generator")))
         messages.append({"role": "assistant", "content": out})
     return conversation(messages, prompt, responses,
                         rest(row, {"instruction", "input", "output", "instances"}))
@@ -215,7 +261,7 @@ PROMPT_KEYS = ("prompt", "question", "query", "instruction")
 
 def from_prompt(row: dict, max_chars: int) -> dict:
     key = next((k for k in PROMPT_KEYS if k in row), "prompt")
-    prompt = parse_messages(require(row, key), key, max_chars)
+    prompt = parse_prompt(require(row, key), key, max_chars)
     prompt, reply = split_prompt(prompt)
     if reply:
         raise Malformed("bad_role_order", f"{key} ends with an assistant message")
@@ -233,14 +279,14 @@ def _reply(value: object, field: str, max_chars: int) -> str:
 
 
 def from_pairs(row: dict, max_chars: int) -> dict:
-    prompt = parse_messages(require(row, "prompt"), "prompt", max_chars)
+    prompt = parse_prompt(require(row, "prompt"), "prompt", max_chars)
     prompt, reply = split_prompt(prompt)
     if reply:
         raise Malformed("bad_role_order", "prompt ends with an assistant message")
     chosen = _reply(require(row, "chosen"), "chosen", max_chars)
     rejected = _reply(require(row, "rejected"), "rejected", max_chars)
-    responses = [response("chosen", chosen, row.get("chosen_model")),
-                 response("rejected", rejected, row.get("rejected_model"))]
+    responses = [response("chosen", chosen, optional_str(row, "chosen_model")),
+                 response("rejected", rejected, optional_str(row, "rejected_model"))]
     messages = prompt + [{"role": "assistant", "content": chosen}]
     return conversation(messages, prompt, responses, rest(row, {"prompt", "chosen", "rejected"}))
 

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pipeline.ingest.adapters import Malformed, adapt
 from pipeline.ingest.readers import read_rows
 from pipeline.progress import report
 from pipeline.config import IngestConfig, InputSpec
-from pipeline.shards import DroppedWriter, ShardWriter
+from pipeline.shards import DroppedWriter, ShardWriter, _to_text
 from pipeline.stats import StageStats
 from pipeline.tables import CONVERSATION
 
 STAGE = "ingest"
+
+
+def row_text(value: object) -> str | None:
+    """A quarantined row as text (as `DroppedWriter` writes it), with ASCII escapes instead when it
+    holds text Parquet cannot store (lone surrogates); None when it cannot be serialised at all."""
+    try:
+        text = _to_text(value)
+        if text is not None:
+            text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(value, default=str)
+    except (RecursionError, ValueError):
+        return None
 
 
 def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path, start_offset: int = 0,
@@ -35,7 +50,7 @@ def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path, start_off
             try:
                 fmt, conv = adapt(raw.value, spec.format, config.max_text_chars)
             except Malformed as err:
-                dropped.drop(err.reason, detail=err.detail, row=raw.value, **where)
+                dropped.drop(err.reason, detail=err.detail, row=row_text(raw.value), **where)
                 stats.drop(err.reason)
             except RecursionError:
                 dropped.drop("too_deeply_nested", row=None, **where)
