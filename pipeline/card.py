@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import stat
-import uuid
 from pathlib import Path
 
 import yaml
 
+from pipeline.atomic import replace_file
 from pipeline.diff import diff_versions, markdown as diff_markdown
 from pipeline.lineage import chain_problems
 from pipeline.report import render_report
@@ -355,16 +353,7 @@ def _replace(path: Path, text: str) -> bool:
     data = text.encode("utf-8")
     if path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_file(path, data, read_only=True)
     return True
 
 

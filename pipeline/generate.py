@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from pipeline.cache import RequestCache, request_key
 from pipeline.engines.base import GENERATE, ChatRequest, Completion, Engine, RequestRejected, \
     SamplingParams, require
+from pipeline.engines.chat import message_tuples
 from pipeline.ids import canonical_json, content_id
 from pipeline.progress import report
 from pipeline.config import Strict
@@ -230,7 +231,7 @@ def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
                          row_id=row.get("id"), conversation_id=row.get("id"))
             stats.drop("no_prompt")
             continue
-        messages = tuple((m["role"], m["content"]) for m in prompt)
+        messages = message_tuples(prompt)
         planned = []
         for spec in config.models:
             engine = engines[spec.name]

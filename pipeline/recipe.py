@@ -304,3 +304,11 @@ def load_annotate_config(path: str | Path, check_env: bool = True) -> AnnotateCo
 
 def export_json_schema(path: Path) -> None:
     path.write_text(json.dumps(Recipe.model_json_schema(), indent=2) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point: python -m pipeline.recipe
+    from pipeline.tables import export
+
+    schemas = Path(__file__).resolve().parent.parent / "schemas"
+    export(schemas)
+    export_json_schema(schemas / "recipe.schema.json")

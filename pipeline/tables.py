@@ -1,7 +1,7 @@
 """Versioned Arrow schemas of every table prefpipe writes.
 
 `SCHEMA_VERSION` changes whenever a column is added, removed or retyped; it is recorded in every
-manifest. `python -m pipeline.tables` re-exports the schemas to `schemas/` (a test checks they match).
+manifest. `python -m pipeline.recipe` re-exports the table schemas and the recipe's to `schemas/` (a test checks they match).
 """
 
 from __future__ import annotations
@@ -191,10 +191,3 @@ def export(directory: Path) -> list[Path]:
         written.append(path)
     return written
 
-
-if __name__ == "__main__":  # pragma: no cover - maintenance entry point
-    root = Path(__file__).resolve().parent.parent / "schemas"
-    export(root)
-    from pipeline.recipe import export_json_schema
-
-    export_json_schema(root / "recipe.schema.json")

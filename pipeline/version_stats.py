@@ -12,6 +12,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline.filters.length import bias_of_lengths
 from pipeline.tables import DROPPED, PAIR
 
 PAIR_COLUMNS = ["pair_id", "prompt", "chosen", "rejected", "score_chosen", "score_rejected", "margin",
@@ -74,17 +75,6 @@ def metadata_values(metadata: pl.Series, key: str) -> pl.Series:
     return pl.Series(key, out, dtype=pl.Float64)
 
 
-def length_bias(df: pl.DataFrame) -> dict:
-    """How often the chosen response is the longer one (pairs of equal length left out)."""
-    if df.is_empty():
-        return {"pairs": 0, "equal_length": 0, "longer_chosen": 0, "longer_chosen_rate": None}
-    longer = int((df["chosen_chars"] > df["rejected_chars"]).sum())
-    equal = int((df["chosen_chars"] == df["rejected_chars"]).sum())
-    compared = df.height - equal
-    return {"pairs": df.height, "equal_length": equal, "longer_chosen": longer,
-            "longer_chosen_rate": round(longer / compared, 6) if compared else None}
-
-
 def drops_by_reason(dropped: pl.DataFrame) -> list[dict]:
     """Rows in `dropped/` per (stage, reason), as found in the files."""
     if dropped.is_empty():
@@ -106,7 +96,7 @@ def version_stats(version_dir: Path, df: pl.DataFrame | None = None) -> dict:
         "distributions": {c: summary(df[c]) for c in DISTRIBUTIONS},
         "ches": summary(ches),
         "lengths": {c: summary(df[c]) for c in LENGTHS},
-        "length_bias": length_bias(df),
+        "length_bias": bias_of_lengths(df.select(c="chosen_chars", r="rejected_chars")),
         "models_in_data": models,
         "annotators": sorted(set(df["annotator"].drop_nulls().to_list())),
     }

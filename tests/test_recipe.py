@@ -77,7 +77,7 @@ def test_cli_exits_2_before_any_work(recipe_dir, tmp_path):
 def test_exported_schemas_match_the_code():
     for name, schema in TABLES.items():
         exported = json.loads((REPO / "schemas" / f"{name}.schema.json").read_text())
-        assert exported == schema_to_json(schema), f"schemas/{name}.schema.json is stale: python -m pipeline.tables"
+        assert exported == schema_to_json(schema), f"schemas/{name}.schema.json is stale: python -m pipeline.recipe"
     assert json.loads((REPO / "schemas/recipe.schema.json").read_text()) == Recipe.model_json_schema()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.engines.base import SCORE, Engine, ScoreRequest, TokenScores, require
+from pipeline.engines.chat import message_tuples
 
 
 @dataclass
@@ -23,10 +24,6 @@ class DensityRatioScore:
     domain: str | None
 
 
-def _as_messages(prompt: list[dict]) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], m["content"]) for m in prompt)
-
-
 def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[TokenScores]:
     out: list[TokenScores] = []
     for start in range(0, len(requests), size):
@@ -37,7 +34,7 @@ def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[To
 def score_all(engine: Engine, prompts: list[list[dict]], responses: list[str],
               systems: list[str | None], batch_size: int) -> list[TokenScores]:
     """Teacher-forced log-probs of every response under `engine` (system prompt per request)."""
-    return _batched(engine, [ScoreRequest(prompt=_as_messages(p), response=r, system=s)
+    return _batched(engine, [ScoreRequest(prompt=message_tuples(p), response=r, system=s)
                              for p, r, s in zip(prompts, responses, systems)], batch_size)
 
 

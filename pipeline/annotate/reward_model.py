@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from pipeline.annotate.density_ratio import _as_messages
+from pipeline.engines.chat import message_tuples
 from pipeline.engines.base import REWARD, Engine, ScoreRequest, require
 
 
@@ -13,7 +13,7 @@ class RewardModel:
         self.engine, self.batch_size = engine, batch_size
 
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
-        requests = [ScoreRequest(prompt=_as_messages(p), response=r) for p, r in zip(prompts, responses)]
+        requests = [ScoreRequest(prompt=message_tuples(p), response=r) for p, r in zip(prompts, responses)]
         out: list[float] = []
         for start in range(0, len(requests), self.batch_size):
             out += [float(x) for x in self.engine.reward(requests[start:start + self.batch_size])]

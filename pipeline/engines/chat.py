@@ -22,6 +22,11 @@ PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 PLAIN_STOP = ("\nUser:",)  # a base model continues the dialogue; stop it at the next user turn
 
 
+def message_tuples(messages: Sequence[dict]) -> tuple[tuple[str, str], ...]:
+    """Table messages (`{"role", "content"}` rows) as the hashable tuples engine requests take."""
+    return tuple((m["role"], m["content"]) for m in messages)
+
+
 def message_dicts(messages: Sequence[tuple[str, str]], system: str | None = None) -> list[dict]:
     out = [{"role": "system", "content": system}] if system else []
     out += [{"role": role, "content": content} for role, content in messages]

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from pipeline.engines.base import HIDDEN_STATES, Engine, ScoreRequest, require
+from pipeline.engines.chat import message_tuples
 from pipeline.filters.pair_filter import Decision, filter_pairs, metadata_of, response_text
 from pipeline.progress import report
 from pipeline.config import Strict
@@ -84,7 +85,7 @@ def ches_from_sums(h_plus: np.ndarray, n_plus: int, h_minus: np.ndarray, n_minus
 
 
 def _request(prompt: list[dict], messages: list[dict]) -> ScoreRequest:
-    return ScoreRequest(prompt=tuple((m["role"], m["content"]) for m in prompt),
+    return ScoreRequest(prompt=message_tuples(prompt),
                         response=response_text(messages))
 
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import Field
 
+from pipeline.atomic import replace_file
 from pipeline.filters import kernels
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
 from pipeline.filters.normalize import (NormalizeConfig, Tokens, ngram_hashes, normalize_texts, table_texts,
@@ -246,9 +247,9 @@ def _item_embeddings(index: BenchmarkIndex, config: DecontamConfig) -> np.ndarra
     vectors = embed_texts([it.text for it in index.items], emb.model, emb.batch_size)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{id(vectors)}.npy")
-        np.save(tmp, vectors)
-        tmp.rename(path)
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        replace_file(path, buffer.getvalue())
     return vectors
 
 

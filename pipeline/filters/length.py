@@ -54,26 +54,25 @@ def _lengths(column: str, unit: str) -> pl.Expr:
     return text.str.len_chars()
 
 
+def bias_of_lengths(lengths: pl.DataFrame, unit: str = "chars") -> dict:
+    """Length bias from per-pair lengths (columns `c`, `r`): `longer_chosen_rate` = share of pairs
+    (of unequal length) whose chosen response is longer. The one definition card and manifest use."""
+    row = lengths.select(pl.len().alias("pairs"),
+                         (pl.col("c") > pl.col("r")).sum().alias("longer_chosen"),
+                         (pl.col("c") == pl.col("r")).sum().alias("equal_length"),
+                         pl.col("c").mean().alias("mean_length_chosen"),
+                         pl.col("r").mean().alias("mean_length_rejected")).row(0, named=True)
+    unequal = row["pairs"] - row["equal_length"]
+    return {**row, "unit": unit, "longer_chosen": row["longer_chosen"] or 0,
+            "equal_length": row["equal_length"] or 0,
+            "longer_chosen_rate": round(row["longer_chosen"] / unequal, 6) if unequal else None}
+
+
 def length_bias(shards: list[Path], unit: str = "chars") -> dict:
-    """Length statistics of a set of pair shards, for the manifest:
-    `longer_chosen_rate` = share of pairs (of unequal length) whose chosen response is longer."""
+    """Length bias of a set of pair shards, for the manifest."""
+    schema = {"c": pl.Int64, "r": pl.Int64}
     if not shards:
-        return {"pairs": 0, "unit": unit, "longer_chosen": 0, "equal_length": 0,
-                "longer_chosen_rate": None, "mean_length_chosen": None,
-                "mean_length_rejected": None}
-    frame = (pl.scan_parquet([str(s) for s in shards])
-             .select(_lengths("chosen", unit).alias("c"), _lengths("rejected", unit).alias("r"))
-             .select(pl.len().alias("pairs"),
-                     (pl.col("c") > pl.col("r")).sum().alias("longer_chosen"),
-                     (pl.col("c") == pl.col("r")).sum().alias("equal_length"),
-                     pl.col("c").mean().alias("mean_length_chosen"),
-                     pl.col("r").mean().alias("mean_length_rejected"))
-             .collect().row(0, named=True))
-    unequal = frame["pairs"] - frame["equal_length"]
-    return {
-        "pairs": frame["pairs"], "unit": unit,
-        "longer_chosen": frame["longer_chosen"], "equal_length": frame["equal_length"],
-        "longer_chosen_rate": frame["longer_chosen"] / unequal if unequal else None,
-        "mean_length_chosen": frame["mean_length_chosen"],
-        "mean_length_rejected": frame["mean_length_rejected"],
-    }
+        return bias_of_lengths(pl.DataFrame(schema=schema), unit)
+    return bias_of_lengths(pl.scan_parquet([str(s) for s in shards])
+                           .select(_lengths("chosen", unit).alias("c"), _lengths("rejected", unit).alias("r"))
+                           .collect(), unit)
