@@ -29,7 +29,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pipeline.annotate.config import AnnotateConfig  # noqa: E402
 from pipeline.annotate.density_ratio import density_ratio, score_all  # noqa: E402
-from pipeline.annotate.eval import _score_verdicts, evaluate_annotator, metrics, open_engines, write_report  # noqa: E402
+from pipeline.annotate.eval import _score_verdicts, annotator_engines, evaluate_annotator, metrics, write_report  # noqa: E402
 from pipeline.annotate.gold import load_gold  # noqa: E402
 from pipeline.engines.registry import load_engine  # noqa: E402
 
@@ -96,7 +96,7 @@ def main() -> None:
     else:
         config = AnnotateConfig.model_validate(CONFIGS[args.part])
         t0 = time.perf_counter()
-        engines = open_engines(config)
+        engines = annotator_engines(config)
         load_s = time.perf_counter() - t0
         report = evaluate_annotator(config, engines, pairs)
         report["engine_load_seconds"] = round(load_s, 1)

@@ -1,26 +1,50 @@
 """`prefpipe`: build datasets, ingest files, inspect published versions.
 
-Exit codes: 0 ok, 2 usage or recipe error, 1 run failure.
+Exit codes: 0 ok, 2 usage or recipe error, 1 run failure. A failure ends with one line on stderr
+saying what failed and what to do (`explain`); `--debug` shows the full traceback and Prefect's
+own log output instead (otherwise written to PREFECT_HOME/prefpipe.log).
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from filelock import Timeout
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from flows.server import ServerError
+from flows.settings import log_file, log_to_file
 from pipeline.names import NameError_
 from pipeline.recipe import IngestConfig, InputSpec, RecipeError, load_recipe
-from pipeline.store import StoreError, data_root, list_datasets, list_versions, read_manifest, version_path
+from pipeline.store import (ACCESS_ERRNOS, StoreError, data_root, list_datasets, list_versions, os_problem,
+                            read_manifest, version_path)
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Curate preference datasets for DPO and reward-model training.")
+DEBUG = False  # --debug: tracebacks and Prefect's log output on the terminal
+
+
+class App(typer.Typer):
+    """A Typer app whose uncaught errors end as one line on stderr (the traceback with --debug)."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - every failure: one line saying what to do
+            if DEBUG:
+                raise
+            fail(*explain(err))
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+          help="Curate preference datasets for DPO and reward-model training.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect published datasets.")
 app.add_typer(datasets_app, name="datasets")
 console = Console(stderr=True)
@@ -29,9 +53,53 @@ out = Console()
 DataRoot = typer.Option(None, "--data-root", help="Output root (default: $PREFPIPE_DATA_ROOT or ./data)")
 
 
+@app.callback()
+def options(debug: bool = typer.Option(False, "--debug", envvar="PREFPIPE_DEBUG",
+                                       help="On failure show the full traceback, and Prefect's log output")):
+    global DEBUG
+    DEBUG = debug
+    if not debug:
+        log_to_file()
+        logging.raiseExceptions = False  # a log file on a full disk must not print tracebacks
+
+
 def fail(message: str, code: int) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
-    raise typer.Exit(code)
+    """Print `error: MESSAGE` as one line on stderr and exit with `code`."""
+    console.print(f"[red]error:[/red] {escape(' '.join(message.split()))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def explain(err: Exception, root: Path | None = None) -> tuple[str, int]:
+    """(one line saying what failed and what to do, exit code) for an error a command met;
+    `root`: the data root the command writes under."""
+    from pipeline.engines.http_engine import EngineUnavailable
+
+    if isinstance(err, (RecipeError, NameError_)):
+        return str(err), 2
+    if isinstance(err, (StoreError, ServerError)):
+        return str(err), 1
+    if isinstance(err, EngineUnavailable):
+        return (f"build failed: {err}: start the engine (or fix its URL in the recipe) and rerun; "
+                f"finished work is kept"), 1
+    if isinstance(err, Timeout):  # before OSError: it is one
+        return f"{err.lock_file} is locked by another prefpipe process: wait for it to finish and rerun", 1
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, *ACCESS_ERRNOS):
+        return ": ".join(os_problem(err, root)), 1
+    if (path := _input_being_read(err)) is not None:
+        return (f"cannot read input {path}: {type(err).__name__}: {str(err).rstrip('.')}: fix or replace it, "
+                f"or drop it from the recipe"), 1
+    return (f"{type(err).__name__}: {str(err).rstrip('.')} (rerun with --debug for the traceback; "
+            f"Prefect's log: {log_file()})"), 1
+
+
+def _input_being_read(err: BaseException) -> str | None:
+    """The recipe input `ingest_input(spec, ...)` was reading when `err` was raised, if any."""
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "ingest_input":
+            return getattr(tb.tb_frame.f_locals.get("spec"), "path", None)
+        tb = tb.tb_next
+    return None
 
 
 def funnel_table(funnel: list[dict]) -> Table:
@@ -53,7 +121,7 @@ class StageProgress:
 
         self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                              TextColumn("{task.completed:,.0f} rows"), TimeElapsedColumn(),
-                             console=console, transient=True)
+                             console=console, transient=True, disable=not console.is_terminal)
         self.tasks: dict[str, int] = {}
         self.bars.__enter__()
         self.unsubscribe = progress.subscribe(self.update)
@@ -78,27 +146,19 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
               None, "--dask-address", envvar="PREFPIPE_DASK_ADDRESS",
               help="Run shard tasks on an existing Dask cluster (tcp://host:8786)")):
     """Run the build flow for RECIPE and publish a new dataset version."""
-    try:
-        load_recipe(recipe)  # fail before any work (and before Prefect starts)
-    except RecipeError as err:
-        fail(str(err), 2)
+    load_recipe(recipe)  # fail before any work (and before Prefect starts)
     from flows.build import build_flow
 
     flow_fn = build_flow(dask_address)
     command = "prefpipe build " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    root = data_root(data_root_)
     try:
         with StageProgress():
-            result = flow_fn(str(recipe), str(data_root(data_root_)), force, incremental, command)
-    except (RecipeError, NameError_) as err:
-        fail(str(err), 2)
-    except StoreError as err:
-        fail(str(err), 1)
-    except Exception as err:  # noqa: BLE001 - engines down, stage failures: one clear line, exit 1
-        from pipeline.engines.http_engine import EngineUnavailable
-
-        if not isinstance(err, EngineUnavailable):
+            result = flow_fn(str(recipe), str(root), force, incremental, command)
+    except Exception as err:  # noqa: BLE001 - explained with the data root it wrote under
+        if DEBUG:
             raise
-        fail(f"build failed: {err} (finished work is kept; rerun to resume)", 1)
+        fail(*explain(err, root))
     version_dir = Path(result["version_dir"])
     manifest = read_manifest(version_dir)
     if result["published"]:
@@ -173,7 +233,7 @@ def deployments_resume(name: str = typer.Argument(..., help="Deployment name")):
 
 
 @app.command()
-def ingest(path: Path = typer.Argument(..., exists=True, help="Input file or directory"),
+def ingest(path: Path = typer.Argument(..., help="Input file or directory"),
            out_dir: Path = typer.Option(..., "--out", help="Directory for the shards"),
            fmt: str = typer.Option("auto", "--format", help="Force an input format"),
            shard_rows: int = typer.Option(1000, "--shard-rows"),
@@ -182,6 +242,7 @@ def ingest(path: Path = typer.Argument(..., exists=True, help="Input file or dir
     from pydantic import ValidationError
 
     from pipeline.ingest import ingest_input
+    from pipeline.ingest.readers import InputPathError
 
     try:
         spec = InputSpec(path=str(path), format=fmt)
@@ -190,7 +251,10 @@ def ingest(path: Path = typer.Argument(..., exists=True, help="Input file or dir
         fail(str(err), 2)
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"{out_dir} is not empty", 2)
-    stats = ingest_input(spec, config, out_dir)
+    try:
+        stats = ingest_input(spec, config, out_dir)
+    except InputPathError as err:
+        fail(str(err), 2)
     out.print(funnel_table([stats.to_dict()]))
     out.print(str(out_dir), soft_wrap=True, highlight=False)
 
@@ -287,19 +351,23 @@ def eval_annotator(recipe: Path = typer.Argument(..., help="Recipe YAML with an 
                    resamples: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples"),
                    out_dir: Path = typer.Option(Path("eval-annotator"), "--out", help="Report directory")):
     """Measure RECIPE's annotator against gold preferences; write JSON + Markdown reports."""
-    from pipeline.annotate.eval import evaluate_annotator, load_annotate_config, open_engines, write_report
+    from pipeline.annotate.baselines import recipe_length_guard
+    from pipeline.annotate.eval import annotator_engines, evaluate_annotator, write_report
     from pipeline.annotate.gold import load_gold
+    from pipeline.recipe import load_annotate_config
 
     try:
         config = load_annotate_config(recipe)
+        guard = recipe_length_guard(recipe)
     except RecipeError as err:
         fail(str(err), 2)
     pairs, rejected = load_gold(gold, fmt, limit, seed)
     if not pairs:
         fail(f"{gold}: no usable gold pairs ({len(rejected)} rows rejected)", 2)
-    engines = open_engines(config)
+    engines = annotator_engines(config)
     try:
-        report = evaluate_annotator(config, engines, pairs, resamples)
+        report = evaluate_annotator(config, engines, pairs, resamples, cache_dir=out_dir / "cache",
+                                    length_guard=guard)
     finally:
         for engine in {id(e): e for e in engines.values()}.values():
             engine.close()
@@ -315,6 +383,7 @@ def eval_annotator(recipe: Path = typer.Argument(..., help="Recipe YAML with an 
         table.add_row(name, f(m["accuracy_excluding_ties"]), f(m["accuracy_including_ties"]),
                       f(m["cohen_kappa"]), f(m.get("flip_rate")), str(m["failed"]), str(m["seconds"]))
     out.print(table)
+    out.print(report["verdict"]["sentence"], soft_wrap=True, highlight=False, markup=False)
     out.print(str(js), soft_wrap=True, highlight=False)
     out.print(str(md), soft_wrap=True, highlight=False)
 

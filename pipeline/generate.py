@@ -70,6 +70,14 @@ class GeneratorSpec(Strict):
             raise ValueError(f"model {self.name!r}: base_urls/api_key_env are for engine http")
         return self
 
+    def engine_spec(self) -> tuple[str, str, dict]:
+        """(model, engine kind, options) for `engines.registry.open_engines`."""
+        if self.engine == "http":
+            return self.model or self.name, "http", {
+                "base_urls": self.base_urls, "api_key_env": self.api_key_env,
+                "max_concurrency": self.max_concurrency, **self.options}
+        return self.model or self.name, self.engine, dict(self.options)
+
     def params(self, sample_index: int) -> SamplingParams:
         seed = None if self.seed is None else self.seed + sample_index
         return SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p,
@@ -90,14 +98,6 @@ class GenerateConfig(Strict):
         if not self.models and not self.include_source_responses:
             raise ValueError("generate: no models and include_source_responses is false")
         return self
-
-
-def open_http_engine(spec: GeneratorSpec, tokenizer: str | Path | None = None):
-    """The HTTP engine a spec describes (vLLM/transformers engines come from the model registry)."""
-    from pipeline.engines.http_engine import HttpEngine
-
-    return HttpEngine(spec.model or spec.name, spec.base_urls, api_key_env=spec.api_key_env,
-                      max_concurrency=spec.max_concurrency, tokenizer=tokenizer, **spec.options)
 
 
 def engine_kind(engine: Engine) -> str:

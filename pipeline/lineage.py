@@ -1,6 +1,7 @@
 """What flows across the seam between stages, checked before anything is published.
 
-Every stage declares the unit it reads and the unit it writes (`UNITS`). From those the funnel
+Every stage declares the unit it reads and the unit it writes (`Stage.unit_in/unit_out`, recorded
+in its stats). From those the funnel
 says what each stage must have read: the output of the latest stage that wrote its unit, or the
 rows that the latest stage reading its unit kept (the pairs stage reads the conversations that
 generate kept, grouped from their candidates). On top of the per-stage counts, every ingested
@@ -20,27 +21,8 @@ from pipeline.stats import AccountingError
 
 CONVERSATIONS, CANDIDATES, PAIRS = "conversations", "candidates", "pairs"
 
-# stage -> (unit it reads, unit it writes)
-UNITS: dict[str, tuple[str, str]] = {
-    "ingest": ("input rows", CONVERSATIONS),
-    "incremental": (CONVERSATIONS, CONVERSATIONS),
-    "dedup": (CONVERSATIONS, CONVERSATIONS),
-    "decontam": (CONVERSATIONS, CONVERSATIONS),
-    "generate": (CONVERSATIONS, CANDIDATES),
-    "annotate": (CANDIDATES, "annotations"),
-    "pairs": (CONVERSATIONS, PAIRS),
-    "length": (PAIRS, PAIRS),
-    "margin": (PAIRS, PAIRS),
-    "ches": (PAIRS, PAIRS),
-}
-
-
 class LineageError(AccountingError):
     """Rows were lost or invented between stages; nothing is published."""
-
-
-def units(stage: str) -> tuple[str | None, str | None]:
-    return UNITS.get(stage, (None, None))
 
 
 def expected_rows_in(before: list[dict], stage: dict) -> tuple[int, str] | None:

@@ -18,7 +18,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.config import FORMATS, IngestConfig, InputSpec, RecipeError, Strict, env_var_problem, format_error
-from pipeline.engines.base import GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_LOGPROBS
+from pipeline.engines.base import GENERATE, REWARD, SCORE, TOP_LOGPROBS
+from pipeline.engines.registry import capabilities
 from pipeline.filters.ches import ChesConfig
 from pipeline.filters.decontam import DecontamConfig
 from pipeline.filters.dedup import DedupConfig
@@ -47,12 +48,6 @@ PATH_FIELDS: dict[str, str | None] = {
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
 
-# What each engine kind can do (pipeline/engines/*): checked against what the recipe asks for.
-ENGINE_CAPABILITIES = {
-    "vllm": {GENERATE, SCORE, TOP_LOGPROBS},
-    "transformers": {GENERATE, SCORE, TOP_LOGPROBS, HIDDEN_STATES, REWARD},
-    "http": {GENERATE, SCORE, TOP_LOGPROBS},
-}
 ANNOTATOR_NEEDS = {"judge": {GENERATE}, "strong": {SCORE}, "weak": {SCORE}, "reward": {REWARD}}
 
 
@@ -120,10 +115,11 @@ class Recipe(Strict):
                     needs.add(TOP_LOGPROBS)
                 uses.append((f"annotate.models.{role}", ref.engine, needs))
         for where, engine, needs in uses:
-            missing = sorted(needs - ENGINE_CAPABILITIES[engine])
+            offers = capabilities(engine)  # read from the engine classes
+            missing = sorted(needs - offers)
             if missing:
                 raise ValueError(f"{where}: engine {engine} does not support {', '.join(missing)} "
-                                 f"(it supports {', '.join(sorted(ENGINE_CAPABILITIES[engine]))})")
+                                 f"(it supports {', '.join(sorted(offers))})")
 
     def resolved(self) -> dict:
         """The recipe as plain data (defaults filled in), as recorded in manifests."""

@@ -10,7 +10,6 @@ shard with another fails here, naming itself).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -20,49 +19,21 @@ from pathlib import Path
 
 import xxhash
 
-import pipeline
-from pipeline.ids import content_id, file_sha256
-from pipeline.lineage import LineageError, units
+from pipeline.keys import code_version, content_hash, stage_key  # noqa: F401 - the runner's API
+from pipeline.lineage import LineageError
 from pipeline.shards import STATS_FILE, count_rows, read_stats, stage_output, write_stats
+from pipeline.stages.base import Stage, StageResult, Unit
 from pipeline.stats import StageStats
 
 FILES = "_files.json"  # relative path -> xxh3 of every file a finished stage directory holds
 DROPPED_GLOB = "dropped-*.parquet"
 
 
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """Package version + a hash of the library's source: changes whenever the code does."""
-    h = xxhash.xxh3_64()
-    root = Path(pipeline.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return f"{pipeline.__version__}+{h.hexdigest()}"
-
-
-def content_hash(path: Path) -> str:
-    """sha256 of a file, or of the sorted files of a directory."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    return content_id("", [(str(p.relative_to(path)), file_sha256(p))
-                           for p in sorted(path.rglob("*")) if p.is_file()])
-
-
-def stage_key(stage: str, input_hashes: list[str], config: str) -> str:
-    return content_id(f"{stage}-", input_hashes, config, code_version())
-
-
-def stage_result(directory: Path, stats: dict, outputs: str = "part-*.parquet") -> dict:
-    """A finished stage directory as the small dict tasks pass around: shard paths and stats."""
-    return {
-        "dir": str(directory),
-        "outputs": [str(p) for p in sorted(directory.glob(outputs))],
-        "dropped": [str(p) for p in sorted(directory.rglob("dropped-*.parquet"))],
-        "stats": stats,
-        "key": directory.name,
-    }
+def stage_result(stage: str, directory: Path, outputs: str, cached: bool) -> StageResult:
+    """A finished stage directory as what crosses the seam: shard paths and counts."""
+    return StageResult(stage=stage, dir=str(directory), outputs=[str(p) for p in sorted(directory.glob(outputs))],
+                       dropped=[str(p) for p in sorted(directory.rglob(DROPPED_GLOB))],
+                       stats=read_stats(directory), key=directory.name, cached=cached)
 
 
 def _file_hash(path: Path) -> str:
@@ -111,19 +82,38 @@ def _check_written(stage: str, directory: Path, stats: StageStats, outputs: str)
 
 
 def run_cached(work_root: Path, stage: str, key: str, compute: Callable[[Path], StageStats],
-               outputs: str = "part-*.parquet") -> dict:
+               outputs: str = "part-*.parquet", units: tuple[str | None, str | None] = (None, None)
+               ) -> StageResult:
     """Run `compute(tmp_dir)` unless `work_root/stage/key` already holds a complete result.
 
-    `outputs` is the glob (relative to the stage directory) of the shards the next stage reads.
+    `outputs` is the glob (relative to the stage directory) of the shards the next stage reads;
+    `units` what the stage reads and writes (recorded with its counts).
     """
     final = Path(work_root) / stage / key
     if is_complete(final):
-        return {**stage_result(final, read_stats(final), outputs), "cached": True}
+        return stage_result(stage, final, outputs, cached=True)
     _discard(final)
     with stage_output(final) as tmp:
         stats = compute(tmp).check()
-        stats.unit_in, stats.unit_out = units(stage)
+        stats.unit_in, stats.unit_out = units
         _check_written(stage, tmp, stats, outputs)
         write_stats(tmp, stats.to_dict())
         (tmp / FILES).write_text(json.dumps(_checksums(tmp), sort_keys=True))
-    return {**stage_result(final, read_stats(final), outputs), "cached": False}
+    return stage_result(stage, final, outputs, cached=False)
+
+
+def unit_dir(stage: Stage, unit: Unit) -> Path:
+    return Path(stage.context.work_root) / stage.name / stage.key(unit)
+
+
+def units_complete(stage: Stage, units: list[Unit]) -> bool:
+    """Every unit's result is on disk under this build's work root, intact."""
+    return all(is_complete(unit_dir(stage, u)) for u in units)
+
+
+def run_units(stage: Stage, units: list[Unit]) -> list[StageResult]:
+    """The executor's one call: run (or reuse) each unit of a stage, sharing its resources."""
+    with stage.resources() as resources:
+        return [run_cached(stage.context.work_root, stage.name, stage.key(u),
+                           lambda out, u=u: stage.run(u, out, resources), stage.outputs,
+                           (stage.unit_in, stage.unit_out)) for u in units]

@@ -1,8 +1,9 @@
 """The versioned dataset store: `ROOT/datasets/NAME/vNNNN/`, immutable once published.
 
 A version is assembled in a private temporary directory beside the versions and made visible with
-one atomic rename; the version number is taken under a file lock, so concurrent builds get
-distinct versions and a killed build leaves no visible version.
+one atomic rename; the version number is taken and the rename done under one file lock, so
+concurrent builds get consecutive versions (no gaps, no collisions) and a killed build leaves no
+visible version.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pipeline.ids import file_sha256
 from pipeline.names import check_dataset_name, parse_ref
@@ -27,6 +28,10 @@ from pipeline.shards import count_rows
 ENV_DATA_ROOT = "PREFPIPE_DATA_ROOT"
 VERSION_DIR = re.compile(r"^v(\d{4,})$")
 TMP_PREFIX = ".tmp-"
+LOCK_TIMEOUT_S = 600  # how long a publish waits for another one of the same dataset
+# errno of a data root prefpipe cannot write -> what is wrong with it
+ACCESS_ERRNOS = {errno.EROFS: "read-only", errno.EACCES: "not writable", errno.EPERM: "not writable",
+                 errno.ENOTDIR: "not a directory tree"}
 
 
 class StoreError(RuntimeError):
@@ -44,6 +49,18 @@ class AlreadyPublished(Exception):
 def data_root(explicit: str | Path | None = None) -> Path:
     """`--data-root`, else $PREFPIPE_DATA_ROOT, else ./data."""
     return Path(explicit or os.environ.get(ENV_DATA_ROOT) or "data").resolve()
+
+
+def os_problem(err: OSError, root: Path | None = None) -> tuple[str, str]:
+    """(what went wrong, what to do) for an OSError met writing (under data root `root`, if given)."""
+    where = err.filename or root  # pyarrow's errors name no file
+    if err.errno == errno.ENOSPC:
+        return f"disk full writing {where or 'files'}", "free space and rerun"
+    if err.errno in ACCESS_ERRNOS and root is not None and (
+            err.filename is None or Path(err.filename).is_relative_to(root)):
+        return (f"data root {root} is {ACCESS_ERRNOS[err.errno]} ({err.strerror or err}: {where})",
+                "make it writable or choose another with --data-root")
+    return f"{err.strerror or err}: {where or 'writing files'}", "fix that and rerun"
 
 
 def dataset_dir(root: Path, name: str) -> Path:
@@ -144,6 +161,11 @@ def _freeze(directory: Path) -> None:
             p.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
 
 
+def _cannot_publish(name: str, err: OSError, root: Path) -> str:
+    problem, todo = os_problem(err, Path(root))
+    return f"cannot publish {name}: {problem} (nothing was published; earlier versions are untouched): {todo}"
+
+
 def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[Path],
             manifest: dict, write_card: Callable[[Path, dict], None] | None = None,
             extra_files: dict[str, Path] | None = None, unless_build_key: str | None = None) -> Path:
@@ -162,7 +184,7 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
         tmp = ds / f"{TMP_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
     except OSError as err:
-        raise StoreError(f"cannot publish {name}: cannot write under {ds}: {err.strerror or err}") from err
+        raise StoreError(_cannot_publish(name, err, root)) from err
     try:
         files = _copy_files(data_files, tmp / "data", "part")
         files.update(_copy_files(dropped_files, tmp / "dropped", "dropped"))
@@ -171,7 +193,7 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
             files[rel] = {"sha256": file_sha256(dst)}
-        with FileLock(str(ds / ".lock"), timeout=600):
+        with FileLock(str(ds / ".lock"), timeout=LOCK_TIMEOUT_S):
             if unless_build_key and (same := find_build(root, name, unless_build_key)) is not None:
                 raise AlreadyPublished(same)
             existing = list_versions(root, name)
@@ -193,10 +215,11 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
             final = ds / version_name(number)
             os.rename(tmp, final)
         return final
+    except Timeout:  # before OSError: it is one (TimeoutError)
+        raise StoreError(f"cannot publish {name}: another build has been publishing it for {LOCK_TIMEOUT_S} s "
+                         f"({ds / '.lock'} is held; nothing was published): rerun when it is done") from None
     except OSError as err:
-        reason = "disk full" if err.errno == errno.ENOSPC else (err.strerror or str(err))
-        raise StoreError(f"cannot publish {name}: {reason} (nothing was published; "
-                         f"earlier versions are untouched)") from err
+        raise StoreError(_cannot_publish(name, err, root)) from err
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

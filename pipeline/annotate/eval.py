@@ -6,45 +6,156 @@ only), both orders (disagreement is a tie) and expectation (P(A wins) from verdi
 log-probs, averaged over the orders). Pointwise judges, density ratios and reward models become
 verdicts by comparing the two responses' scores. Each variant reports accuracy with gold ties
 excluded and included, Cohen's kappa, position and length bias, failures, wall time, and
-percentile-bootstrap confidence intervals.
+percentile-bootstrap confidence intervals; every interval of a report is computed from the same
+resampled pair indices, so differences are paired. Trivial baselines on the same pairs and the
+verdict against the best of them come from `baselines`.
+
+Engine requests go through `CachedEngine`: with a cache directory every generate / score / reward
+result is stored by content (engine kind, model, engine options, call, request: prompt, response,
+criteria system prompt, sampling parameters), so a rerun or another length normalisation asks the
+engines nothing; a progress bar shows the requests left and the ETA.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.annotate.config import AnnotateConfig
+from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.annotate.density_ratio import DensityRatio, density_ratio
 from pipeline.annotate.gold import GoldPair
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem, verdict_from_probability
 from pipeline.annotate.reward_model import RewardModel
-from pipeline.engines.base import Engine
+from pipeline.cache import RequestCache
+from pipeline.engines.base import ChatRequest, Completion, Engine, ScoreRequest, TokenScores
+from pipeline.filters.length import LengthConfig
+from pipeline.ids import content_id
 
 LABELS = ["a", "b", "tie", "failed"]
+SCORE_CACHE = "scores.sqlite"
 
 
 # --- configuration and engines -------------------------------------------------------------------
 
-def open_engines(config: AnnotateConfig) -> dict[str, Engine]:
-    """Load one engine per role the method needs (a model shared by two roles loads twice only
-    when its engine settings differ)."""
-    from pipeline.engines.registry import load_engine
+def annotator_engines(config: AnnotateConfig) -> dict[str, Engine]:
+    """One engine per role the method needs (roles on the same model and settings share one)."""
+    from pipeline.engines.registry import open_engines
 
-    engines: dict[str, Engine] = {}
-    loaded: dict[str, Engine] = {}
-    for role in config.roles():
-        ref = getattr(config.models, role)
-        key = json.dumps(ref.model_dump(mode="json"), sort_keys=True)
-        if key not in loaded:
-            loaded[key] = load_engine(ref.model, ref.engine, **ref.options)
-        engines[role] = loaded[key]
-    return engines
+    return open_engines({role: (getattr(config.models, role).model, getattr(config.models, role).engine,
+                                getattr(config.models, role).options) for role in config.roles()})
+
+
+# --- progress and the score cache ------------------------------------------------------------------
+
+class RequestMeter:
+    """Engine requests left to run, with elapsed time and ETA: a rich bar on a terminal, else a line
+    on stderr at every tenth; a summary line at the end. Cache hits leave the total, so the ETA is
+    the engines' own pace."""
+
+    def __init__(self, total: int, description: str = "eval-annotator"):
+        from rich.console import Console
+
+        self.total, self.done, self.hits, self.t0 = total, 0, 0, time.perf_counter()
+        self.description, self._tenth = description, 0
+        self.console = Console(stderr=True)
+        self.bar = None
+        if self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("requests"), TimeElapsedColumn(), TextColumn("ETA"),
+                                TimeRemainingColumn(), console=self.console, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total)
+
+    def skip(self, n: int) -> None:
+        """`n` requests answered from the cache."""
+        self.hits += n
+        self.total = max(self.total - n, self.done)
+        self._update()
+
+    def advance(self, n: int) -> None:
+        """`n` requests run by an engine (a retry may take the count past the planned total)."""
+        self.done += n
+        self.total = max(self.total, self.done)
+        self._update()
+
+    def _update(self) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, total=self.total)
+            return
+        tenth = 10 * self.done // self.total if self.total else 10
+        if self._tenth < tenth < 10:
+            self._tenth = tenth
+            elapsed = time.perf_counter() - self.t0
+            eta = elapsed / self.done * (self.total - self.done)
+            print(f"{self.description}: {self.done}/{self.total} requests ({self.hits} cached), "
+                  f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+        print(f"{self.description}: {self.done} requests run, {self.hits} cached, "
+              f"{time.perf_counter() - self.t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def expected_requests(config: AnnotateConfig, pairs: int) -> int:
+    """Engine requests `run_annotator` makes for `pairs` gold pairs, retries not counted."""
+    if config.method == "judge_pairwise":
+        return pairs * (2 if config.both_orders else 1)
+    if config.method == "judge_pointwise":
+        return 2 * pairs * max(len(config.aspects), 1)
+    return 2 * pairs * len(config.roles())
+
+
+class CachedEngine:
+    """`engine` with its generate / score / reward results looked up by content first and stored as
+    computed (`cache` None: nothing stored). `calls` counts the requests sent to the engine."""
+
+    def __init__(self, engine: Engine, options: dict, cache: RequestCache | None, meter: RequestMeter):
+        from pipeline.generate import engine_kind
+
+        self.engine, self.cache, self.meter = engine, cache, meter
+        self.model_id, self.capabilities = engine.model_id, engine.capabilities
+        self.identity = (engine_kind(engine), engine.model_id, options)
+        self.calls = 0
+
+    def _run(self, call: str, requests: list, compute: Callable[[list], list], encode: Callable,
+             decode: Callable) -> list:
+        keys = [content_id("e", *self.identity, call, dataclasses.asdict(r)) for r in requests]
+        found = self.cache.get_many(keys) if self.cache is not None else {}
+        hits = sum(k in found for k in keys)
+        self.meter.skip(hits)
+        todo = {k: r for k, r in zip(keys, requests) if k not in found}
+        if todo:
+            results = [encode(x) for x in compute(list(todo.values()))]
+            self.calls += len(todo)
+            found.update(zip(todo, results))
+            if self.cache is not None:
+                self.cache.put_many(zip(todo, results))
+        self.meter.advance(len(keys) - hits)
+        return [decode(found[k]) for k in keys]
+
+    def generate(self, requests: list[ChatRequest]) -> list[list[Completion]]:
+        return self._run("generate", requests, self.engine.generate,
+                         lambda out: [dataclasses.asdict(c) for c in out], lambda v: [Completion(**c) for c in v])
+
+    def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
+        return self._run("score", requests, self.engine.score, lambda s: s.token_logprobs, TokenScores)
+
+    def reward(self, requests: list[ScoreRequest]) -> list[float]:
+        return self._run("reward", requests, self.engine.reward, float, float)
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 # --- running the annotator on gold pairs -----------------------------------------------------------
@@ -65,7 +176,8 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
     variants: dict[str, dict] = {}
     if config.method == "judge_pairwise":
         judge = PairwiseJudge(engines["judge"], config)
-        items = [PairItem(p.prompt, p.response_a, p.response_b) for p in pairs]
+        items = [PairItem(p.prompt, p.response_a, p.response_b,
+                          criteria=route_criteria(config.criteria, p.prompt)[1]) for p in pairs]
         t0 = time.perf_counter()
         ab = judge.judge_order(items, swapped=False)
         t_ab = time.perf_counter() - t0
@@ -93,7 +205,8 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
     elif config.method == "judge_pointwise":
         judge = PointwiseJudge(engines["judge"], config)
         t0 = time.perf_counter()
-        ratings = judge.rate([RateItem(p.prompt, r) for p in pairs for r in (p.response_a, p.response_b)])
+        ratings = judge.rate([RateItem(p.prompt, r, criteria=route_criteria(config.criteria, p.prompt)[1])
+                              for p in pairs for r in (p.response_a, p.response_b)])
         seconds = time.perf_counter() - t0
         ra, rb = ratings[0::2], ratings[1::2]
         variants["pointwise_argmax"] = {"verdicts": _score_verdicts(
@@ -129,40 +242,85 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
 
 # --- statistics -----------------------------------------------------------------------------------
 
-def cohen_kappa(gold: np.ndarray, pred: np.ndarray) -> float:
-    """Cohen's kappa over LABELS (sklearn's definition, without its per-call validation cost,
-    which dominates a 1000-resample bootstrap); nan when undefined (chance agreement 1)."""
+def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray | None:
+    """(resamples, n) pair indices drawn with replacement, seeded: one draw serves every statistic
+    of a report, so intervals of differences are paired. None when n < 2 or no resamples."""
+    if n < 2 or resamples < 1:
+        return None
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_ci(stat: Callable[[np.ndarray], np.ndarray], idx: np.ndarray | None) -> list[float | None]:
+    """95% percentile interval of the vectorised `stat(idx)` (one value per resample), over the
+    resamples where it is defined."""
+    if idx is None:
+        return [None, None]
+    samples = stat(idx)
+    finite = samples[np.isfinite(samples)]
+    if not finite.size:
+        return [None, None]
+    lo, hi = np.percentile(finite, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _rate(values: np.ndarray, keep: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per row of `idx`: sum of `values` over sum of `keep` (nan when nothing is kept)."""
+    den = keep[idx].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, values[idx].sum(1) / np.maximum(den, 1), np.nan)
+
+
+def _correct(gold: np.ndarray, pred: np.ndarray, exclude_ties: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(right, counted) per pair: gold ties are not counted when `exclude_ties`; a predicted tie
+    or a failure counts as wrong."""
+    keep = gold != "tie" if exclude_ties else np.ones(len(gold), bool)
+    return (pred == gold) & keep, keep
+
+
+def accuracy_resampled(gold: np.ndarray, pred: np.ndarray, idx: np.ndarray, exclude_ties: bool = True
+                       ) -> np.ndarray:
+    """Accuracy on each resample (row) of `idx`."""
+    return _rate(*_correct(gold, pred, exclude_ties), idx)
+
+
+def difference_resampled(gold: np.ndarray, pred: np.ndarray, base: np.ndarray, idx: np.ndarray
+                         ) -> np.ndarray:
+    """Accuracy (gold ties excluded) of `pred` minus that of `base` on each resample of `idx`: the
+    same pairs for both, so shared errors cancel."""
+    right, keep = _correct(gold, pred, True)
+    return _rate(right.astype(int) - _correct(gold, base, True)[0], keep, idx)
+
+
+def kappa_resampled(gold: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Cohen's kappa over LABELS on each resample of `idx` (nan where chance agreement is 1)."""
     index = {label: i for i, label in enumerate(LABELS)}
     k = len(LABELS)
-    g = np.fromiter((index[x] for x in gold), int, len(gold))
-    p = np.fromiter((index[x] for x in pred), int, len(pred))
-    if len(g) == 0:
-        return float("nan")
-    confusion = np.bincount(g * k + p, minlength=k * k).reshape(k, k) / len(g)
-    observed = np.trace(confusion)
-    expected = float(confusion.sum(1) @ confusion.sum(0))
-    return float("nan") if expected == 1.0 else float((observed - expected) / (1.0 - expected))
+    cell = (np.fromiter((index[x] for x in gold), int, len(gold)) * k
+            + np.fromiter((index[x] for x in pred), int, len(pred)))
+    rows = idx.shape[0]
+    counts = np.bincount((cell[idx] + k * k * np.arange(rows)[:, None]).ravel(), minlength=rows * k * k)
+    confusion = counts.reshape(rows, k, k) / idx.shape[1]
+    observed = np.trace(confusion, axis1=1, axis2=2)
+    expected = np.einsum("ri,ri->r", confusion.sum(2), confusion.sum(1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(expected == 1.0, np.nan, (observed - expected) / (1.0 - expected))
+
+
+def full_sample(n: int) -> np.ndarray:
+    """The indices of the sample itself, as one "resample" (point estimates)."""
+    return np.arange(n)[None, :]
+
+
+def cohen_kappa(gold: np.ndarray, pred: np.ndarray) -> float:
+    """Cohen's kappa over LABELS (sklearn's definition, vectorised for the bootstrap); nan when
+    undefined (chance agreement 1)."""
+    return float("nan") if len(gold) == 0 else float(kappa_resampled(gold, pred, full_sample(len(gold)))[0])
 
 
 def _accuracy(gold: np.ndarray, pred: np.ndarray, exclude_ties: bool) -> float:
-    keep = gold != "tie" if exclude_ties else np.ones(len(gold), bool)
-    return float(np.mean(pred[keep] == gold[keep])) if keep.any() else float("nan")
-
-
-def _bootstrap(stat, n: int, resamples: int, seed: int) -> list[float | None]:
-    """95% percentile interval of `stat(indices)` over resampled pairs."""
-    if n < 2 or resamples < 1:
-        return [None, None]
-    import warnings
-
-    from scipy.stats import bootstrap
-
-    with warnings.catch_warnings():  # a degenerate distribution gives a point interval or null
-        warnings.simplefilter("ignore")
-        res = bootstrap((np.arange(n),), stat, vectorized=False, n_resamples=resamples,
-                        method="percentile", random_state=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval
-    return [None if np.isnan(lo) else float(lo), None if np.isnan(hi) else float(hi)]
+    if not len(gold):
+        return float("nan")
+    return float(accuracy_resampled(gold, pred, full_sample(len(gold)), exclude_ties)[0])
 
 
 def _longer_win_rate(labels: np.ndarray, len_a: np.ndarray, len_b: np.ndarray) -> float | None:
@@ -193,24 +351,53 @@ def metrics(gold: list[str], pred: list[str], len_a: list[int], len_b: list[int]
         "longer_response_win_rate": _longer_win_rate(p, la, lb),
         "gold_longer_response_win_rate": _longer_win_rate(g, la, lb),
     }
-    n = len(g)
+    idx = resample_indices(len(g), resamples, seed)
     out["ci95"] = {
-        "accuracy_excluding_ties": _bootstrap(lambda i: _accuracy(g[i], p[i], True), n, resamples, seed),
-        "accuracy_including_ties": _bootstrap(lambda i: _accuracy(g[i], p[i], False), n, resamples, seed),
-        "cohen_kappa": _bootstrap(lambda i: cohen_kappa(g[i], p[i]), n, resamples, seed),
+        "accuracy_excluding_ties": bootstrap_ci(lambda i: accuracy_resampled(g, p, i, True), idx),
+        "accuracy_including_ties": bootstrap_ci(lambda i: accuracy_resampled(g, p, i, False), idx),
+        "cohen_kappa": bootstrap_ci(lambda i: kappa_resampled(g, p, i), idx),
     }
     return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in out.items()}
 
 
+def configured_variant(config: AnnotateConfig, variants: Mapping) -> str:
+    """The variant whose verdicts the annotate stage would use with this configuration."""
+    if config.method == "judge_pairwise":
+        if config.expectation and "expectation" in variants:
+            return "expectation"
+        return "both_orders" if config.both_orders else "single_order"
+    if config.method == "judge_pointwise":
+        return "pointwise_expectation" if config.expectation and "pointwise_expectation" in variants \
+            else "pointwise_argmax"
+    return config.method
+
+
 def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
-                       resamples: int = 1000) -> dict:
-    """The eval-annotator report (a JSON-able dict) for `pairs`."""
+                       resamples: int = 1000, cache_dir: Path | None = None,
+                       length_guard: LengthConfig | None = None) -> dict:
+    """The eval-annotator report (a JSON-able dict) for `pairs`, with the trivial baselines and the
+    verdict against them (`baselines`). With `cache_dir`, engine results are cached there by
+    content (SCORE_CACHE); `length_guard` is the recipe's `filters.length` (recipe_length_guard)."""
+    from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
+    cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
+    meter = RequestMeter(expected_requests(config, len(pairs)))
+    wrapped: dict[int, CachedEngine] = {}
+    for role in config.roles():
+        engine = engines[role]
+        if id(engine) not in wrapped:
+            wrapped[id(engine)] = CachedEngine(engine, getattr(config.models, role).options, cache, meter)
+    try:
+        runs = run_annotator(config, {role: wrapped[id(engines[role])] for role in config.roles()}, pairs)
+    finally:
+        meter.close()
+        if cache is not None:
+            cache.close()
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {}
-    for name, run in run_annotator(config, engines, pairs).items():
+    for name, run in runs.items():
         m = metrics(gold, run["verdicts"], la, lb, resamples, config.seed)
         m["seconds"] = round(run["seconds"], 2)
         m["seconds_per_pair"] = round(run["seconds"] / max(len(pairs), 1), 3)
@@ -219,13 +406,20 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
         if "p_a_wins" in run:  # per pair, to choose expectation_tie_band
             m["p_a_wins"] = [None if x is None else round(x, 4) for x in run["p_a_wins"]]
         variants[name] = m
+    name = annotator_name(config, engines)
+    configured = configured_variant(config, variants)
     return {
-        "annotator": annotator_name(config, engines),
+        "annotator": name,
         "method": config.method,
         "models": {role: engines[role].model_id for role in config.roles()},
         "config": config.model_dump(mode="json"),
         "gold_labels": dict(Counter(gold)),
         "variants": variants,
+        "configured_variant": configured,
+        "requests": {"engine": sum(e.calls for e in wrapped.values()), "cached": meter.hits,
+                     "cache": None if cache is None else str(cache.path)},
+        **compare_with_baselines(name, pairs, {k: r["verdicts"] for k, r in runs.items()}, configured,
+                                 length_guard, resamples, config.seed),
     }
 
 
@@ -257,6 +451,14 @@ def to_markdown(report: dict) -> str:
     lines += ["", "Accuracy excluding ties: over pairs whose gold label is not a tie (a predicted tie "
               "counts as wrong). First-position win: share of verdicts for the response shown first "
               "(response A). Failed judge outputs count as wrong."]
+    if report.get("requests", {}).get("cached"):
+        r = report["requests"]
+        lines += ["", f"{r['cached']} engine requests came from the cache (`{r['cache']}`), {r['engine']} ran: "
+                  "seconds cover only those that ran."]
+    if "baselines" in report:
+        from pipeline.annotate.baselines import to_markdown as baselines_markdown
+
+        lines += baselines_markdown(report)
     return "\n".join(lines) + "\n"
 
 

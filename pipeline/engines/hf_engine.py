@@ -18,6 +18,9 @@ from pipeline.engines.base import (GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_L
 
 
 class TransformersEngine:
+    # causal LMs offer all but REWARD; sequence-classification models only REWARD
+    OFFERS = frozenset({GENERATE, SCORE, TOP_LOGPROBS, HIDDEN_STATES, REWARD})
+
     def __init__(self, model: str | Path, *, model_id: str | None = None, dtype: str = "auto",
                  device: str | None = None, batch_size: int = 8, share_prompts: bool = True):
         import torch

@@ -81,6 +81,7 @@ class HttpEngine:
     """Engine protocol over `/v1/chat/completions` (generate) and `/v1/completions` (score)."""
 
     kind = KIND
+    OFFERS = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
 
     def __init__(self, model: str, base_urls: list[str] | str, *, api_key_env: str | None = None,
                  tokenizer: str | Path | None = None, model_id: str | None = None,
@@ -102,7 +103,7 @@ class HttpEngine:
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
         self.retry_budget_s = retry_budget_s
-        self.capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
+        self.capabilities = self.OFFERS
         self._urls = itertools.cycle(self.base_urls)
         self._backoff = wait_exponential_jitter(multiplier=backoff_s, jitter=backoff_s,
                                                 max=max_backoff_s)

@@ -1,13 +1,29 @@
-"""`load_engine`: from a model name (registry entry, directory or hub id) to a started engine."""
+"""The one way every stage (and eval-annotator) opens engines: from (model, engine kind, options)
+to a started engine, with what each kind can do read from the engine classes themselves."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pipeline.engines.base import Engine
+from pipeline.engines.hf_engine import TransformersEngine
+from pipeline.engines.http_engine import HttpEngine
+from pipeline.engines.vllm_engine import VLLMEngine
 
 EngineKind = Literal["vllm", "transformers", "http"]
+ENGINES: dict[str, type] = {"vllm": VLLMEngine, "transformers": TransformersEngine, "http": HttpEngine}
+
+# (model name or path, engine kind, engine keyword arguments)
+EngineSpec = tuple[str, str, dict]
+
+
+def capabilities(kind: str) -> frozenset[str]:
+    """Everything an engine kind can offer (a given model may offer less: a transformers reward
+    model only scores rewards)."""
+    return ENGINES[kind].OFFERS
 
 
 def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -> Engine:
@@ -18,21 +34,24 @@ def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -
     max_model_len, ...). http: `name_or_spec` is the served model name and `opts` the HTTP engine's
     settings (base_urls, ...).
     """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r} ({', '.join(ENGINES)})")
     name = str(name_or_spec)
     if engine == "http":
-        from pipeline.engines.http_engine import HttpEngine
-
         return HttpEngine(name, **opts)
     from pipeline.engines.packaged import resolve
 
-    location = resolve(name_or_spec)
     opts.setdefault("model_id", name)
-    if engine == "vllm":
-        from pipeline.engines.vllm_engine import VLLMEngine
+    return ENGINES[engine](resolve(name_or_spec), **opts)
 
-        return VLLMEngine(location, **opts)
-    if engine == "transformers":
-        from pipeline.engines.hf_engine import TransformersEngine
 
-        return TransformersEngine(location, **opts)
-    raise ValueError(f"unknown engine {engine!r} (vllm, transformers, http)")
+def open_engines(specs: Mapping[str, EngineSpec]) -> dict[str, Engine]:
+    """One engine per role; roles asking for the same model, kind and options share one."""
+    loaded: dict[str, Engine] = {}
+    engines: dict[str, Engine] = {}
+    for role, (model, kind, options) in specs.items():
+        key = json.dumps([str(model), kind, options], sort_keys=True, default=str)
+        if key not in loaded:
+            loaded[key] = load_engine(model, kind, **options)
+        engines[role] = loaded[key]
+    return engines

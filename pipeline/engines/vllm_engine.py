@@ -45,7 +45,7 @@ def _shield_llvmlite_from_kernel_scan() -> None:
 
 
 class VLLMEngine:
-    capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
+    OFFERS = capabilities = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
 
     def __init__(self, model: str | Path, *, model_id: str | None = None, dtype: str = "auto",
                  max_model_len: int | None = 4096, enforce_eager: bool | None = None,

@@ -63,11 +63,9 @@ class ChesConfig(Strict):
 def open_engine(config: ChesConfig) -> Engine:
     """The transformers engine on the model to be trained (the one engine that exposes hidden
     states)."""
-    from pipeline.engines.hf_engine import TransformersEngine
-    from pipeline.engines.packaged import resolve
+    from pipeline.engines.registry import load_engine
 
-    return TransformersEngine(resolve(config.model), model_id=config.model, dtype=config.dtype,
-                              batch_size=config.batch_size)
+    return load_engine(config.model, "transformers", dtype=config.dtype, batch_size=config.batch_size)
 
 
 def ches(h_chosen: np.ndarray, h_rejected: np.ndarray) -> tuple[float, float | None]:

@@ -32,6 +32,12 @@ def text_length(text: str, unit: str) -> int:
     return len(text.split()) if unit == "words" else len(text)
 
 
+def too_long(chosen: str, rejected: str, config: LengthConfig) -> bool:
+    """The guard's rule: the chosen response is more than `max_ratio` times the rejected one."""
+    return config.max_ratio is not None and (
+        text_length(chosen, config.unit) > config.max_ratio * max(text_length(rejected, config.unit), 1))
+
+
 def length_shard(in_shard: Path, out_dir: Path, config: LengthConfig,
                  shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
     """Record both lengths in each pair's metadata; drop `length_ratio` pairs when configured."""
@@ -40,7 +46,7 @@ def length_shard(in_shard: Path, out_dir: Path, config: LengthConfig,
         n_c = text_length(response_text(row["chosen"]), config.unit)
         n_r = text_length(response_text(row["rejected"]), config.unit)
         scores = {"length_chosen": n_c, "length_rejected": n_r}
-        if config.max_ratio is not None and n_c > config.max_ratio * max(n_r, 1):
+        if too_long(response_text(row["chosen"]), response_text(row["rejected"]), config):
             return "length_ratio", f"chosen {n_c} vs rejected {n_r} {config.unit}", scores
         return None, "", scores
 

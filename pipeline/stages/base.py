@@ -1,0 +1,143 @@
+"""The seam every stage goes through (datatrove's PipelineStep, NeMo Curator's ProcessingStage).
+
+A `Stage` declares its name, the recipe sections its content key covers, its kind, the units it
+reads and writes, the engine roles it needs, and `run(unit, out, resources) -> StageStats`. It
+turns upstream results into `Unit`s of work (one per shard, or one for the whole build); an
+executor (`pipeline.runner.run_units` locally, `flows/build.py` on Prefect) only decides where
+units run. Results cross the seam as `StageResult`s: paths and counts, never rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from pipeline.keys import stage_key
+from pipeline.recipe import Recipe
+from pipeline.stats import StageStats
+
+Kind = Literal["shard", "build"]  # shard: one task per unit; build: one task runs every unit
+
+
+class StageResult(BaseModel):
+    """One finished stage directory: its shards (read by the next stage), drops and counts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str
+    dir: str
+    outputs: list[str]
+    dropped: list[str]
+    stats: dict
+    key: str
+    cached: bool = False
+
+    def shards(self) -> list[tuple[str, str]]:
+        """(shard path, its content identity) for every output shard."""
+        return [(p, f"{self.key}/{Path(p).relative_to(self.dir)}") for p in self.outputs]
+
+
+class Unit(BaseModel):
+    """One piece of a stage's work: input paths, their content identities, stage parameters."""
+
+    model_config = ConfigDict(frozen=True)
+
+    inputs: list[str]
+    identities: list[str]
+    params: dict = {}
+
+
+@dataclass
+class BuildContext:
+    """What a build knows besides its recipe."""
+
+    work_root: Path
+    versions: list[Path] = field(default_factory=list)  # earlier versions of the dataset
+    incremental: bool = False
+    plans: list[dict] = field(default_factory=list)  # per input: what to read (incremental.plan_inputs)
+
+
+class Stage:
+    """Base of every stage. Subclasses set the class attributes and `run`."""
+
+    name: ClassVar[str]
+    sections: ClassVar[tuple[str, ...]]  # recipe sections in the content key
+    kind: ClassVar[Kind] = "shard"
+    unit_in: ClassVar[str]
+    unit_out: ClassVar[str]
+    roles: ClassVar[tuple[str, ...]] = ()  # engine roles it opens (model stages)
+    outputs: ClassVar[str] = "part-*.parquet"  # glob of the shards the next stage reads
+    ends_build_when_empty: ClassVar[bool] = False  # nothing out: the build has nothing new
+
+    def __init__(self, recipe: Recipe, context: BuildContext):
+        self.recipe = recipe
+        self.context = context
+
+    @classmethod
+    def enabled(cls, recipe: Recipe, context: BuildContext) -> bool:
+        """Whether the recipe asks for this stage."""
+        return True
+
+    def config(self) -> str:
+        """The configuration part of the content key."""
+        return self.recipe.stage_config(*self.sections)
+
+    def key(self, unit: Unit) -> str:
+        """The content key of a unit: input identities + stage config + code version. The one place."""
+        return stage_key(self.name, unit.identities, self.config())
+
+    def units(self, upstream: list[StageResult], earlier: dict[str, list[StageResult]]) -> list[Unit]:
+        """One unit per shard of the previous stage (`upstream`; kind shard) or one over all of them
+        (kind build). `earlier`: every earlier stage's results, for stages that read more than one."""
+        shards = [s for r in upstream for s in r.shards()]
+        if self.kind == "build":
+            return [Unit(inputs=[p for p, _ in shards], identities=[i for _, i in shards])]
+        return [Unit(inputs=[p], identities=[i]) for p, i in shards]
+
+    @contextmanager
+    def resources(self) -> Iterator[dict]:
+        """What every unit of one task shares (engines, request caches), opened lazily."""
+        yield {}
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        raise NotImplementedError
+
+    def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
+        """(manifest sections, extra files to publish: relative path -> file) of this stage."""
+        return {}, {}
+
+
+class LazyEngines:
+    """Opens a stage's engines on first use (all units cached: never), closes them at the end."""
+
+    def __init__(self, opener):
+        self.opener = opener
+        self.engines: dict = {}
+
+    def get(self) -> dict:
+        if not self.engines:
+            self.engines = self.opener()
+        return self.engines
+
+    def close(self) -> None:
+        for engine in {id(e): e for e in self.engines.values()}.values():
+            engine.close()
+
+
+@contextmanager
+def lazy_engines(opener) -> Iterator[LazyEngines]:
+    engines = LazyEngines(opener)
+    try:
+        yield engines
+    finally:
+        engines.close()
+
+
+def json_config(*parts) -> str:
+    return json.dumps(parts, sort_keys=True, default=str)

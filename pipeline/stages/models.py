@@ -1,0 +1,92 @@
+"""Model stages: generate candidates, annotate them. One task runs every shard of the build so each
+engine loads once per stage run (and not at all when every shard is cached)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pipeline.lineage import CANDIDATES, CONVERSATIONS
+from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
+from pipeline.stats import StageStats
+
+
+class GenerateStage(Stage):
+    name = "generate"
+    sections = ("generate",)
+    kind = "build"
+    unit_in, unit_out = CONVERSATIONS, CANDIDATES
+    roles = ("generator",)
+
+    @classmethod
+    def enabled(cls, recipe, context: BuildContext) -> bool:
+        return recipe.generate is not None
+
+    def units(self, upstream: list[StageResult], earlier: dict[str, list[StageResult]]) -> list[Unit]:
+        """Per shard, though the stage is one task: shards are cached one by one."""
+        return [Unit(inputs=[p], identities=[i]) for r in upstream for p, i in r.shards()]
+
+    @contextmanager
+    def resources(self) -> Iterator[dict]:
+        from pipeline.cache import RequestCache
+        from pipeline.engines.registry import open_engines
+
+        specs = {s.name: s.engine_spec() for s in self.recipe.generate.models}
+        with lazy_engines(lambda: open_engines(specs)) as engines, \
+                RequestCache.in_work_dir(self.context.work_root) as cache:
+            yield {"engines": engines, "cache": cache}
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        from pipeline.generate import generate_shard
+
+        return generate_shard(Path(unit.inputs[0]), out, self.recipe.generate, resources["engines"].get(),
+                              resources["cache"])
+
+    def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
+        return {"models": {"generators": [{"name": m.name, "model": m.model or m.name, "engine": m.engine,
+                                           "k": m.k} for m in self.recipe.generate.models]}}, {}
+
+
+class AnnotateStage(Stage):
+    name = "annotate"
+    sections = ("annotate", "generate")
+    kind = "build"
+    unit_in, unit_out = CANDIDATES, "annotations"
+    roles = ("judge", "strong", "weak", "reward")
+
+    @classmethod
+    def enabled(cls, recipe, context: BuildContext) -> bool:
+        return recipe.generate is not None
+
+    units = GenerateStage.units
+
+    @contextmanager
+    def resources(self) -> Iterator[dict]:
+        from pipeline.annotate.eval import annotator_engines
+
+        with lazy_engines(lambda: annotator_engines(self.recipe.annotate)) as engines:
+            yield {"engines": engines}
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        from pipeline.annotate.stage import annotate_shard
+
+        return annotate_shard(Path(unit.inputs[0]), out, self.recipe.annotate, resources["engines"].get())
+
+    def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
+        from pipeline.annotate.reliability import self_preference
+        from pipeline.annotate.stage import judge_reliability
+
+        config = self.recipe.annotate
+        refs = {role: getattr(config.models, role).model for role in config.roles()}
+        models: dict = {"annotator": {"method": config.method, **refs}}
+        if "judge" in refs:
+            models["judge"] = refs["judge"]
+        if "strong" in refs:
+            models["density_ratio"] = {"strong": refs["strong"], "weak": refs["weak"]}
+        extra: dict = {"models": models}
+        stats_files = [p for r in results for p in Path(r.dir).glob("annotate_stats.json")]
+        if stats_files:
+            extra["judge_reliability"] = judge_reliability(stats_files)
+        extra["warnings"] = self_preference(refs, {m.model or m.name for m in self.recipe.generate.models})
+        return extra, {}

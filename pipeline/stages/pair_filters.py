@@ -1,0 +1,71 @@
+"""Pair filters: the per-shard length guard, and the cuts over the whole build (margin budget,
+CHES top fraction). Each decides keep or drop-with-reason; the shared loop counts and routes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.lineage import PAIRS
+from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
+from pipeline.stats import StageStats
+
+
+class PairFilter(Stage):
+    sections = ("filters",)
+    unit_in, unit_out = PAIRS, PAIRS
+
+    @classmethod
+    def enabled(cls, recipe, context: BuildContext) -> bool:
+        return getattr(recipe.filters, cls.name) is not None
+
+    @property
+    def settings(self):
+        return getattr(self.recipe.filters, self.name)
+
+
+class LengthStage(PairFilter):
+    name = "length"
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        from pipeline.filters.length import length_shard
+
+        return length_shard(Path(unit.inputs[0]), out, self.settings, self.recipe.ingest.shard_rows)
+
+
+class MarginStage(PairFilter):
+    name = "margin"
+    kind = "build"
+    outputs = "*/part-*.parquet"
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        from pipeline.filters.margin import margin_build
+
+        return StageStats.total(self.name, margin_build([Path(s) for s in unit.inputs], out, self.settings,
+                                                        self.recipe.ingest.shard_rows))
+
+
+class ChesStage(PairFilter):
+    name = "ches"
+    kind = "build"
+    outputs = "kept/*/part-*.parquet"
+    roles = ("ches",)
+
+    def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
+        from pipeline.filters.ches import ches_build, open_engine
+
+        with lazy_engines(lambda: {"ches": open_engine(self.settings)}) as engines:
+            scoring, kept = ches_build([Path(s) for s in unit.inputs], out, self.settings, engines.get()["ches"],
+                                       self.recipe.ingest.shard_rows)
+        (out / "ches_scoring.json").write_text(json.dumps(scoring.to_dict()))
+        total = StageStats.total(self.name, kept)
+        # Pairs the scoring step could not score are drops of this stage too.
+        total.rows_in += scoring.rows_dropped
+        total.rows_dropped += scoring.rows_dropped
+        total.reasons.update(scoring.reasons)
+        return total
+
+    def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
+        ches = self.settings
+        return {"models": {"ches_model": ches.model},
+                "ches": {"threshold": ches.threshold, "fraction": ches.top_fraction, "score": ches.score}}, {}
