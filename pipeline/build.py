@@ -16,7 +16,7 @@ from pipeline.keys import code_version, content_hash
 from pipeline.shards import count_rows
 from pipeline.stages import BY_NAME, BuildContext, StageResult
 from pipeline.stats import StageStats
-from pipeline.store import find_build, publish  # noqa: F401 - find_build is part of this API
+from pipeline.store import StoreError, find_build, publish, read_manifest  # noqa: F401 - find_build: API
 from pipeline.tables import SCHEMA_VERSION
 
 
@@ -82,6 +82,10 @@ def publish_build(root: Path, recipe: Recipe, recipe_path: str, inputs: list[dic
                 {stage: outputs(results) for stage, results in stage_results.items()})
     parent_rows = []
     if parent is not None:
+        schema = read_manifest(parent).get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise StoreError(f"cannot add to {parent.name}: it was published with table schema {schema}, this "
+                             f"code writes {SCHEMA_VERSION}; rebuild without --incremental to start afresh")
         parent_rows = sorted((parent / "data").glob("*.parquet"))
     ids_path = write_ids(Path(work_dir or root) / f".ids-{key}.parquet", ingested, parent)
     manifest = {

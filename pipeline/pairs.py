@@ -13,11 +13,16 @@ A pair is valid only when chosen and rejected differ in score (by more than `tie
 in text. Conversations that yield no pair are dropped with a reason (`all_tied`,
 `single_candidate`, `identical_responses`, ...). Every candidate, with its score, rank and whether
 it was excluded (failed annotation), is written beside the pairs as `candidates-*.parquet`.
+
+Two margins: `score_margin` is the annotator's raw difference (score_chosen - score_rejected,
+null without scores); `margin` is what TRL's RewardTrainer subtracts from the reward logit
+difference (`-logsigmoid(r_chosen - r_rejected - margin)`): see `logit_margin`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections import defaultdict
 from collections.abc import Iterator
@@ -49,8 +54,22 @@ class PairsConfig(Strict):
     seed: int = Field(0, description="best_vs_random_lower: seed of the per-prompt draw")
 
 
+# The win probability the prompt's clearest preference (normalised margin 1) stands for. The
+# packaged density-ratio annotators pick the human-preferred response in 62-73 % of decisive pairs
+# (benchmarks/README.md), so no pair asks a reward model for more than logit(0.6) = 0.41.
+P_MAX = 0.6
+
+
 def assistant(content: str) -> list[dict]:
     return [{"role": "assistant", "content": content}]
+
+
+def logit_margin(normalized: float | None) -> float:
+    """TRL's `margin` from the normalised margin d (score margin / the prompt's score spread):
+    logit(0.5 + (P_MAX - 0.5) * clip(d, 0, 1)), in [0, 0.41]; 0.0 (no preference strength) when
+    there is no d, as for source pairs."""
+    p = 0.5 + (P_MAX - 0.5) * min(max(normalized or 0.0, 0.0), 1.0)
+    return math.log(p / (1.0 - p))
 
 
 def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000) -> StageStats:
@@ -77,7 +96,8 @@ def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000) -> Stage
             "prompt": conv["prompt"],
             "chosen": assistant(chosen["content"]),
             "rejected": assistant(rejected["content"]),
-            "score_chosen": None, "score_rejected": None, "margin": None,
+            "score_chosen": None, "score_rejected": None, "score_margin": None,
+            "margin": logit_margin(None),
             "chosen_model": chosen["model"], "rejected_model": rejected["model"],
             "chosen_origin": "source", "rejected_origin": "source",
             "annotator": "source", "pair_rule": "source",
@@ -230,11 +250,11 @@ def _pair_row(conv_id: str, chosen: dict, rejected: dict, rule: str, p_win: floa
         score_r = None if p_win is None else 1.0 - p_win
     else:
         score_c, score_r = chosen["score"], rejected["score"]
-    margin = None if score_c is None else score_c - score_r
+    score_margin = None if score_c is None else score_c - score_r
     if rule == "pairwise_winners":
-        normalized = margin
+        normalized = score_margin
     else:
-        normalized = margin / spread if spread else None
+        normalized = score_margin / spread if spread else None
     metadata = {
         "chosen_candidate_id": chosen["candidate_id"],
         "rejected_candidate_id": rejected["candidate_id"],
@@ -249,7 +269,8 @@ def _pair_row(conv_id: str, chosen: dict, rejected: dict, rule: str, p_win: floa
         "prompt": chosen["prompt"],
         "chosen": assistant(chosen["response"]),
         "rejected": assistant(rejected["response"]),
-        "score_chosen": score_c, "score_rejected": score_r, "margin": margin,
+        "score_chosen": score_c, "score_rejected": score_r, "score_margin": score_margin,
+        "margin": logit_margin(normalized),
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_origin": chosen["origin"], "rejected_origin": rejected["origin"],
         "annotator": annotator or chosen["annotator"], "pair_rule": rule,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: source/source_row on candidates, conversation_id on dropped rows
+SCHEMA_VERSION = "1.2"  # 1.1: source/source_row on candidates, conversation_id on dropped rows;
+# 1.2: pairs: score_margin (the raw difference), margin on TRL's logit scale and never null
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
@@ -134,6 +135,9 @@ PAIR = pa.schema(
         ("rejected", MESSAGES),
         ("score_chosen", pa.float64()),
         ("score_rejected", pa.float64()),
+        ("score_margin", pa.float64()),  # score_chosen - score_rejected (null: no scores, source pairs)
+        # TRL RewardTrainer's margin, subtracted from the reward logit difference; never null:
+        # logit(0.5 + 0.1 * clip(metadata.margin_normalized, 0, 1)) in [0, 0.41], 0.0 without scores
         ("margin", pa.float64()),
         ("chosen_model", pa.string()),
         ("rejected_model", pa.string()),

@@ -54,14 +54,14 @@ def test_margin_budget_keeps_exactly_the_n_smallest_with_deterministic_ties(tmp_
                                                                            scored_pair_shards):
     every = rows_of(scored_pair_shards)
     budget = 7
-    margins = sorted(p["margin"] for p in every)
+    margins = sorted(p["score_margin"] for p in every)
     assert margins[budget - 1] == margins[budget]  # the cut falls inside a run of equal margins
 
     config = MarginConfig(budget=budget)
     stats = margin_build(scored_pair_shards, tmp_path / "m", config)
     kept = [p for d in sorted((tmp_path / "m").iterdir()) for p in rows(d)]
-    expected = sorted(every, key=lambda p: (p["margin"], p["pair_id"]))[:budget]
-    assert [p["pair_id"] for p in sorted(kept, key=lambda p: (p["margin"], p["pair_id"]))] == [
+    expected = sorted(every, key=lambda p: (p["score_margin"], p["pair_id"]))[:budget]
+    assert [p["pair_id"] for p in sorted(kept, key=lambda p: (p["score_margin"], p["pair_id"]))] == [
         p["pair_id"] for p in expected]
     assert sum(s.rows_out for s in stats) == budget
     assert sum(s.reasons["over_budget"] for s in stats) == len(every) - budget
@@ -81,11 +81,11 @@ def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
     shard = scored_pair_shards[0]
     stats = margin_shard(shard, tmp_path / "abs", MarginConfig(min_margin=1.5, max_margin=5.0))
     for p in rows(tmp_path / "abs"):
-        assert 1.5 <= p["margin"] <= 5.0
+        assert 1.5 <= p["score_margin"] <= 5.0
     dropped = rows(tmp_path / "abs", "dropped-margin")
     for d in dropped:
         pair = json.loads(d["row"])
-        assert d["reason"] == ("margin_below_min" if pair["margin"] < 1.5 else "margin_above_max")
+        assert d["reason"] == ("margin_below_min" if pair["score_margin"] < 1.5 else "margin_above_max")
     assert stats.rows_in == len(rows_of([shard])) == stats.rows_out + len(dropped)
     assert {"margin_below_min", "margin_above_max"} <= set(stats.reasons)
 
@@ -104,6 +104,8 @@ def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
 
 
 def test_margin_filter_drops_pairs_without_scores(tmp_path, hh_pairs):
+    # source pairs: no score margin, and TRL's margin is 0.0 (never null)
+    assert {(p["score_margin"], p["margin"]) for p in rows_of(hh_pairs)} == {(None, 0.0)}
     stats = margin_shard(hh_pairs[0], tmp_path / "m", MarginConfig(min_margin=0.0))
     assert stats.rows_out == 0 and stats.reasons["margin_missing"] == stats.rows_in > 0
     assert budget_cutoff(hh_pairs, MarginConfig(budget=1)) is None  # nothing eligible to rank

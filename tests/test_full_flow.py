@@ -97,7 +97,9 @@ def test_pairs_carry_scores_provenance_and_ches(full_build, weak_model_dir):
     assert ds.num_rows == m["rows"] > 0
     for row in ds:
         assert row["score_chosen"] > row["score_rejected"]
-        assert row["margin"] == pytest.approx(row["score_chosen"] - row["score_rejected"])
+        assert row["score_margin"] == pytest.approx(row["score_chosen"] - row["score_rejected"])
+        assert 0 <= row["margin"] < 1  # TRL's margin: a preference strength on the logit scale
+        assert row["source"] and row["source_row"] is not None
         assert row["chosen"][0]["content"] != row["rejected"][0]["content"]
         assert row["pair_rule"] == "best_vs_worst"
         meta = json.loads(row["metadata"])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.ids import content_id
-from pipeline.pairs import PairsConfig, build_pairs
+from pipeline.pairs import P_MAX, PairsConfig, build_pairs, logit_margin
 from pipeline.tables import SCORED_CANDIDATE
 from pipeline.shards import ShardWriter, iter_rows, list_shards
 from pipeline.tables import ANNOTATION, CANDIDATE, COMPARISON, PAIR
@@ -87,7 +88,8 @@ def test_best_vs_worst_with_ties_single_and_failed_candidates(tmp_path):
     normal = by_conv["normal"]
     assert text(normal["chosen"]).startswith("Water it")
     assert text(normal["rejected"]) == "Just ignore it."
-    assert (normal["score_chosen"], normal["score_rejected"], normal["margin"]) == (8.0, 2.0, 6.0)
+    assert (normal["score_chosen"], normal["score_rejected"], normal["score_margin"]) == (8.0, 2.0, 6.0)
+    assert normal["margin"] == pytest.approx(math.log(P_MAX / (1 - P_MAX)))  # the prompt's clearest pair
     assert (normal["chosen_model"], normal["rejected_model"]) == ("m1", "m3")
     assert normal["rejected_origin"] == "off_policy"
     assert normal["prompt"] == [{"role": "user", "content": PROMPTS["normal"]}]
@@ -136,6 +138,8 @@ def test_no_rule_ever_pairs_a_tie_or_identical_text(tmp_path, rule):
     for p in pairs:
         assert p["score_chosen"] > p["score_rejected"]
         assert text(p["chosen"]) != text(p["rejected"])
+        assert p["score_margin"] == p["score_chosen"] - p["score_rejected"]
+        assert p["margin"] == logit_margin(json.loads(p["metadata"])["margin_normalized"])
     assert len({p["pair_id"] for p in pairs}) == len(pairs)
     assert stats.rows_in == len(conversations)
 
@@ -214,7 +218,8 @@ def test_pairwise_winners_from_comparisons(tmp_path):
     assert set(got) == {("Paris is the capital of France.", "Lyon."),
                         ("Paris is the capital of France.", "France has no capital.")}
     win = got[("Paris is the capital of France.", "Lyon.")]
-    assert win["score_chosen"] == pytest.approx(0.9) and win["margin"] == pytest.approx(0.8)
+    assert win["score_chosen"] == pytest.approx(0.9) and win["score_margin"] == pytest.approx(0.8)
+    assert win["margin"] == pytest.approx(math.log(0.58 / 0.42))  # P(win) 0.9 shrunk to 0.58
     assert win["annotator"] == "judge:pairwise" and win["pair_rule"] == "pairwise_winners"
     dropped = {d["row_id"]: d["reason"] for d in iter_rows(list_shards(out, "dropped-pairs"))}
     assert dropped == {"draw": "all_tied", "unjudged": "no_comparison", "broken": "comparison_failed"}
@@ -227,3 +232,10 @@ def test_candidate_rules_refuse_the_source_rule_and_missing_comparisons(tmp_path
         build_pairs(cand_shard, ann_shard, tmp_path / "o1", PairsConfig(rule="source"))
     with pytest.raises(ValueError, match="comparison"):
         build_pairs(cand_shard, ann_shard, tmp_path / "o2", PairsConfig(rule="pairwise_winners"))
+
+
+def test_logit_margin_is_bounded_monotone_and_zero_without_scores():
+    top = math.log(P_MAX / (1 - P_MAX))
+    assert logit_margin(None) == logit_margin(0.0) == logit_margin(-0.5) == 0.0
+    assert 0.0 < logit_margin(0.25) < logit_margin(0.5) < logit_margin(1.0) == pytest.approx(top)
+    assert logit_margin(7.0) == logit_margin(1.0)

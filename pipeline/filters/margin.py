@@ -6,8 +6,10 @@ filter: `budget_cutoff` scans the margins of every shard (two columns, O(N) memo
 the largest (margin, pair_id) key that fits; `margin_shard` then filters each shard against it.
 Ties in margin are broken by pair_id, so the selection never depends on shard order.
 
-The margin is the pair's `margin` column, or with `normalized: true` the per-prompt normalised
-margin in `metadata.margin_normalized` (margin / the score spread of the prompt's candidates).
+The margin is the annotator's raw difference, the pair's `score_margin` column (score_chosen -
+score_rejected; not `margin`, which is TRL's logit-scale margin), or with `normalized: true` the
+per-prompt normalised margin in `metadata.margin_normalized` (score_margin / the score spread of the
+prompt's candidates).
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ _UNSET = object()
 
 
 class MarginConfig(Strict):
-    min_margin: float | None = Field(None, description="drop pairs whose margin is below this")
-    max_margin: float | None = Field(None, description="drop pairs whose margin is above this")
+    min_margin: float | None = Field(
+        None, description="drop pairs whose score margin (score_chosen - score_rejected) is below this")
+    max_margin: float | None = Field(None, description="drop pairs whose score margin is above this")
     normalized: bool = Field(False, description="use the per-prompt normalised margin")
     budget: int | None = Field(
         None, ge=1, description="keep at most this many pairs of the build, smallest margins first")
@@ -46,14 +49,14 @@ Key = tuple[float, str]
 
 
 def margin_of(row: dict, meta: dict, config: MarginConfig) -> float | None:
-    value = meta.get("margin_normalized") if config.normalized else row.get("margin")
+    value = meta.get("margin_normalized") if config.normalized else row.get("score_margin")
     return None if value is None else float(value)
 
 
 def _check(margin: float | None, config: MarginConfig) -> tuple[str | None, str]:
     if margin is None:
         return "margin_missing", "pair has no " + ("normalised margin" if config.normalized
-                                                   else "margin (no scores)")
+                                                   else "score margin (no scores)")
     if config.min_margin is not None and margin < config.min_margin:
         return "margin_below_min", f"margin {margin:g} < {config.min_margin:g}"
     if config.max_margin is not None and margin > config.max_margin:
@@ -62,7 +65,7 @@ def _check(margin: float | None, config: MarginConfig) -> tuple[str | None, str]
 
 
 def _eligible_keys(shards: list[Path], config: MarginConfig) -> Iterator[Key]:
-    for row in iter_rows(shards, columns=["pair_id", "margin", "metadata"]):
+    for row in iter_rows(shards, columns=["pair_id", "score_margin", "metadata"]):
         margin = margin_of(row, metadata_of(row), config)
         if _check(margin, config)[0] is None:
             yield (margin, row["pair_id"])
