@@ -6,6 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.prefpipe-installed
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: demo test install clean-venv
 
@@ -23,12 +24,18 @@ $(STAMP): pyproject.toml constraints.txt models.txt Makefile
 	$(PY) -c "import pipeline.cli, flows.build"
 	touch $(STAMP)
 
-install: $(STAMP)
+# Headless Chromium for the report's browser test (Debian package; playwright drives it, no
+# browser download). Installed once.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 demo: $(STAMP)
 	$(VENV)/bin/prefpipe build data/recipes/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(VENV)/bin/pytest
 
 clean-venv:

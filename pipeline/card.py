@@ -1,53 +1,106 @@
-"""The data card: a Hugging Face dataset card (`README.md` with YAML front matter) and an HTML
+"""The data card: a Hugging Face dataset card (`README.md`: YAML metadata built with
+`huggingface_hub`'s `DatasetCardData`, sections after the Hub's dataset-card template) and an HTML
 report (`report.html`) per version, rendered from the manifest and from the version's own files.
 
 Sections a stage has not recorded in the manifest say "not recorded". Text that comes from data
 (prompts, responses, model names, the recipe's description) is HTML-escaped, so the card renders
-no markup it was not written with. Rendering is deterministic: `regenerate` on an unchanged
-version rewrites identical bytes.
+no markup it was not written with. No absolute local path reaches the card or the report: the
+rebuild command is relative to the data root, the recipe's paths to the recipe's directory.
+The YAML config is named after the version's data (`NAME-vNNNN-DIGEST`), so `datasets`' cache,
+keyed on the directory name and the config, never serves one version's rows for another.
+Rendering is deterministic: `regenerate` on an unchanged version rewrites identical bytes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import os
 import re
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pyarrow.parquet as pq
 import yaml
 
 from pipeline.atomic import replace_file
 from pipeline.diff import diff_versions, markdown as diff_markdown
 from pipeline.lineage import chain_problems
-from pipeline.report import render_report
+from pipeline.report import (SUMMARY_KEYS, ches_sentence, flat_items, length_bias_sentence, model_rows, percent,
+                             position_bias_sentence, render_report, self_preference_sentences, summary_rows)
 from pipeline.store import read_manifest
-from pipeline.version_stats import pairs_frame, version_stats
+from pipeline.tables import PAIR
+from pipeline.version_stats import fmt_num, pairs_frame, version_stats
+
+if TYPE_CHECKING:  # imported where used: they cost a build's start-up time
+    from datasets import DatasetInfo
+    from huggingface_hub import DatasetCardData
 
 CARD_FILES = ("README.md", "report.html")
 NOT_RECORDED = "not recorded"
 SAMPLE_IN_CARD = 3
 SAMPLE_CARD_CHARS = 300
+# The Hub's size_categories values (upper bounds); larger is "n>1T".
+SIZE_CATEGORIES = [(10 ** 3, "n<1K"), (10 ** 4, "1K<n<10K"), (10 ** 5, "10K<n<100K"), (10 ** 6, "100K<n<1M"),
+                   (10 ** 7, "1M<n<10M"), (10 ** 8, "10M<n<100M"), (10 ** 9, "100M<n<1B"), (10 ** 10, "1B<n<10B"),
+                   (10 ** 11, "10B<n<100B"), (10 ** 12, "100B<n<1T")]
+LANGUAGE_NAMES = {"en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+                  "pt": "Portuguese", "nl": "Dutch", "zh": "Chinese", "ja": "Japanese", "ko": "Korean",
+                  "ru": "Russian", "ar": "Arabic", "hi": "Hindi", "el": "Greek", "he": "Hebrew", "th": "Thai",
+                  "bn": "Bengali", "ta": "Tamil"}
+# Public datasets recognised from an input's file name: Hub id, citation and, where the source is
+# harmful by design, the content warning its card gets (`harmful`: a second pattern on the name).
+HH_WARNING = ("the Anthropic hh-rlhf harmless and red-team data were collected by asking crowdworkers to "
+              "make an assistant say harmful things; prompts and responses, the chosen ones included, contain "
+              "offensive, abusive, violent, sexual and otherwise upsetting text by design.")
+KNOWN_SOURCES = [
+    {"pattern": r"hh[-_]?rlhf", "hub_id": "Anthropic/hh-rlhf", "harmful": r"harmless|red[-_]?team",
+     "warning": HH_WARNING,
+     "citation": """@article{bai2022training,
+  title={Training a Helpful and Harmless Assistant with Reinforcement Learning from Human Feedback},
+  author={Bai, Yuntao and Jones, Andy and Ndousse, Kamal and Askell, Amanda and Chen, Anna and DasSarma, Nova
+          and Drain, Dawn and Fort, Stanislav and Ganguli, Deep and Henighan, Tom and others},
+  journal={arXiv preprint arXiv:2204.05862},
+  year={2022}
+}"""},
+    {"pattern": r"self[-_]?instruct", "hub_id": "yizhongw/self_instruct", "harmful": None, "warning": None,
+     "citation": """@inproceedings{wang2023selfinstruct,
+  title={Self-Instruct: Aligning Language Models with Self-Generated Instructions},
+  author={Wang, Yizhong and Kordi, Yeganeh and Mishra, Swaroop and Liu, Alisa and Smith, Noah A.
+          and Khashabi, Daniel and Hajishirzi, Hannaneh},
+  booktitle={Proceedings of the 61st Annual Meeting of the Association for Computational Linguistics},
+  year={2023}
+}"""},
+]
+# A recipe marks its own input as harmful by saying so in its description.
+CONTENT_WARNING_FLAG = re.compile(r"content[ -]warning\s*:?\s*(.*)", re.I | re.S)
+COLUMN_DOCS = {
+    "pair_id": "id of the pair (content-derived, stable across versions)",
+    "conversation_id": "id of the ingested conversation the pair descends from",
+    "prompt": "the conversation up to the responses",
+    "chosen": "the preferred response",
+    "rejected": "the other response",
+    "score_chosen": "annotator's score of the chosen response (null: no scores)",
+    "score_rejected": "annotator's score of the rejected response (null: no scores)",
+    "score_margin": "score_chosen - score_rejected, the annotator's raw difference (null: no scores)",
+    "margin": "preference strength on a logit scale, as TRL's RewardTrainer reads it (0: no scores)",
+    "chosen_model": "model that wrote the chosen response (null: the source's)",
+    "rejected_model": "model that wrote the rejected response (null: the source's)",
+    "chosen_origin": "source, on_policy (generated) or off_policy (the source's answer)",
+    "rejected_origin": "source, on_policy or off_policy",
+    "annotator": "annotator that scored the pair",
+    "pair_rule": "rule that formed the pair (source, best_vs_worst, ...)",
+    "source": "input file the conversation was read from",
+    "source_row": "row of that input file",
+    "metadata": "JSON: filter scores (length, CHES, ...) and other provenance",
+}
 
 
 def size_category(n: int) -> str:
-    for limit, label in [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]:
-        if n < limit:
-            return label
-    return "n>10M"
-
-
-def front_matter(manifest: dict) -> dict:
-    licences = sorted({i["license"] for i in manifest.get("inputs", []) if i.get("license")})
-    out_licence = manifest["recipe"]["output"].get("license")
-    return {
-        "license": out_licence or (licences[0].lower() if len(licences) == 1 else "other"),
-        "task_categories": ["text-generation"],
-        "tags": ["dpo", "preference", "prefpipe"],
-        "pretty_name": f"{manifest['name']} {manifest['version']}",
-        "size_categories": [size_category(manifest["rows"])],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-    }
+    """The Hub's size_categories value for n rows."""
+    return next((label for limit, label in SIZE_CATEGORIES if n < limit), "n>1T")
 
 
 def esc(value: object) -> str:
@@ -63,17 +116,157 @@ def fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
-def _num(x) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
 def _table(header: list[str], rows: list[list], align: str | None = None) -> str:
     align = align or "|".join("---" if i == 0 else "---:" for i in range(len(header)))
     return "\n".join([f"| {' | '.join(header)} |", f"|{align}|"] +
                      [f"| {' | '.join(str(c) for c in r)} |" for r in rows])
 
+
+# --- paths: relative to the data root (command) or the recipe's directory (recipe) --------------
+
+def data_root_of(version_dir: Path) -> Path:
+    """DATA_ROOT of DATA_ROOT/datasets/NAME/vNNNN (or of the temporary directory beside it)."""
+    return Path(version_dir).resolve().parents[2]
+
+
+def _relative(path: str, base: Path) -> str:
+    return os.path.relpath(path, base) if os.path.isabs(path) else path
+
+
+def recipe_anchored(manifest: dict) -> bool:
+    """Whether the manifest records the recipe by its absolute path (else as typed, relative)."""
+    return os.path.isabs(manifest.get("recipe_path") or "")
+
+
+def rebuild(manifest: dict, version_dir: Path) -> tuple[str, str]:
+    """(where to run it, the build command), with no absolute path. A recipe recorded by its
+    absolute path: from the data root, every path relative to it. A recipe path typed relative to
+    the directory the build ran in: from there, as typed, an absolute data root named DATA_ROOT."""
+    root = data_root_of(version_dir)
+    anchored = recipe_anchored(manifest)
+    out: list[str] = []
+    for token in shlex.split(manifest.get("command") or f"prefpipe build {manifest.get('recipe_path', 'RECIPE')}"):
+        flag, eq, value = token.partition("=")
+        if (out and out[-1] == "--data-root") or (eq and flag == "--data-root"):
+            path = value if eq else token
+            path = "." if anchored else ("DATA_ROOT" if os.path.isabs(path) else path)
+            token = f"{flag}={path}" if eq else path
+        elif eq and flag.startswith("--"):
+            token = f"{flag}={_relative(value, root)}"
+        else:
+            token = _relative(token, root)
+        out.append(token)
+    if anchored and not any(t == "--data-root" or t.startswith("--data-root=") for t in out):
+        out += ["--data-root", "."]
+    where = ("from the data root (the directory that holds datasets/)" if anchored else
+             "from the directory the build ran in (the recipe path is relative to it; DATA_ROOT, where given, "
+             "is the directory that holds datasets/)")
+    return where, shlex.join(out)
+
+
+def relative_recipe(manifest: dict, version_dir: Path) -> dict:
+    """The resolved recipe with every absolute path relative to the recipe's directory (to the
+    data root when the recipe's own path was not recorded as absolute)."""
+    base = Path(manifest["recipe_path"]).parent if recipe_anchored(manifest) else data_root_of(version_dir)
+
+    def walk(x):
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return _relative(x, base) if isinstance(x, str) and x.startswith("/") else x
+
+    return walk(manifest["recipe"])
+
+
+# --- sources, licences, content warnings ------------------------------------------------------
+
+def known_source(path: str) -> dict | None:
+    name = Path(path).name.lower()
+    return next((s for s in KNOWN_SOURCES if re.search(s["pattern"], name)), None)
+
+
+def source_datasets(manifest: dict) -> list[str]:
+    """Hub ids of the recognised inputs; "original" for inputs that are not a known public dataset."""
+    ids = [(s["hub_id"] if (s := known_source(i["path"])) else "original") for i in manifest.get("inputs", [])]
+    return sorted(set(ids)) or ["original"]
+
+
+def content_warnings(manifest: dict) -> list[str]:
+    """Why the data may be harmful: one warning per input from a source known to be harmful by
+    design (by file name), and the recipe's own when its description says "content warning"."""
+    out = []
+    for i in manifest.get("inputs", []):
+        s = known_source(i["path"])
+        if s and s["harmful"] and re.search(s["harmful"], Path(i["path"]).name.lower()):
+            out.append(f"input {Path(i['path']).name} ({s['hub_id']}): {s['warning']}")
+    flag = CONTENT_WARNING_FLAG.search(manifest["recipe"].get("description") or "")
+    if flag:
+        out.append(f"the recipe says: {flag.group(1).strip() or 'this data may be harmful.'}")
+    return out
+
+
+def dataset_licence(manifest: dict) -> str:
+    licences = sorted({i["license"] for i in manifest.get("inputs", []) if i.get("license")})
+    return manifest["recipe"]["output"].get("license") or (licences[0].lower() if len(licences) == 1 else "other")
+
+
+def config_name(manifest: dict) -> str:
+    """NAME-vNNNN-DIGEST, DIGEST from the data files' checksums (the build key without them)."""
+    files = {k: f["sha256"] for k, f in (manifest.get("files") or {}).items() if k.startswith("data/")}
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:12] if files \
+        else (manifest.get("build_key") or "nodata")[-12:]
+    return f"{manifest['name']}-{manifest['version']}-{digest}"
+
+
+# --- YAML metadata ------------------------------------------------------------------------------
+
+def data_schema(version_dir: Path):
+    files = sorted((Path(version_dir) / "data").glob("*.parquet"))
+    return pq.read_schema(files[0]) if files else PAIR
+
+
+def dataset_info(version_dir: Path, rows: int) -> DatasetInfo:
+    """`datasets.DatasetInfo` of the version: features from its Parquet schema, one train split
+    (num_bytes: the uncompressed Parquet size), download size: the files' bytes."""
+    from datasets import DatasetInfo, Features, SplitDict, SplitInfo
+
+    files = sorted((Path(version_dir) / "data").glob("*.parquet"))
+    metas = [pq.read_metadata(f) for f in files]
+    size = sum(m.row_group(i).total_byte_size for m in metas for i in range(m.num_row_groups))
+    return DatasetInfo(features=Features.from_arrow_schema(data_schema(version_dir)),
+                       splits=SplitDict({"train": SplitInfo("train", num_bytes=size, num_examples=rows)}),
+                       download_size=sum(f.stat().st_size for f in files), dataset_size=size)
+
+
+def card_data(manifest: dict, stats: dict, version_dir: Path) -> DatasetCardData:
+    """The card's YAML metadata (the Hub's dataset-card spec)."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    recipe = manifest["recipe"]
+    languages = stats["languages"]["languages"]
+    scored = recipe.get("annotate") is not None
+    config = config_name(manifest)
+    data = DatasetCardData(
+        language=languages or None,
+        license=dataset_licence(manifest),
+        annotations_creators=["machine-generated"] if scored else ["found"],
+        language_creators=["found", "machine-generated"] if recipe.get("generate") else ["found"],
+        multilinguality=(["multilingual"] if len(languages) > 1 else ["monolingual"]) if languages else None,
+        size_categories=[size_category(manifest["rows"])],
+        source_datasets=source_datasets(manifest),
+        task_categories=["text-generation"],
+        pretty_name=f"{manifest['name']} {manifest['version']}",
+        tags=["dpo", "preference", "prefpipe"],
+        configs=[{"config_name": config, "data_files": [{"split": "train", "path": "data/*.parquet"}],
+                  "default": True}],
+    )
+    DatasetInfosDict({config: dataset_info(version_dir, manifest["rows"])}).to_dataset_card_data(data)
+    return data
+
+
+# --- sections -----------------------------------------------------------------------------------
 
 def funnel_table(funnel: list[dict]) -> str:
     rows = [[esc(s["stage"]), s["rows_in"], s["rows_out"], s["rows_dropped"], s["outputs_written"],
@@ -113,33 +306,27 @@ def funnel_checks(manifest: dict, stats: dict) -> list[str]:
     return problems
 
 
-def incremental_note(manifest: dict) -> str:
+def funnel_summary(manifest: dict, stats: dict) -> str:
+    checks = funnel_checks(manifest, stats)
+    if checks:
+        return "**The counts do not add up:**\n" + "\n".join("- " + esc(c) for c in checks)
     inc = manifest.get("incremental")
-    if not inc:
-        return ""
-    return (f" plus the {inc.get('parent_rows_carried', 0)} rows carried over from the parent version "
-            f"(incremental build)")
+    carried = (f" plus the {inc.get('parent_rows_carried', 0)} rows carried over from the parent version "
+               f"(incremental build)") if inc else ""
+    return ("Every count adds up: each stage's rows in = rows out + dropped, drop reasons sum to the drops, "
+            f"each stage reads what the one before wrote, the last stage's output{carried} is the "
+            f"{stats['rows']} rows in `data/`, and `dropped/` holds exactly the funnel's drops.")
 
 
-def _kv(section: dict | None, keys: list[str]) -> str:
-    if not section:
-        return NOT_RECORDED.capitalize() + "."
-    rows = [[esc(k), esc(_num(section.get(k)) if k in section else NOT_RECORDED)] for k in keys]
-    rows += [[esc(k), esc(v)] for k, v in sorted(section.items()) if k not in keys]
-    return _table(["", "value"], rows, "---|---")
+def _kv(section: dict, keys: list[str]) -> str:
+    """A manifest section as a two-column table: `keys` first, then the rest; nested dicts flattened."""
+    items = dict(flat_items(section))
+    rows = [[esc(k), esc(items.pop(k, NOT_RECORDED))] for k in keys]
+    return _table(["", "value"], rows + [[esc(k), esc(v)] for k, v in items.items()], "---|---")
 
 
 def models_section(manifest: dict, stats: dict) -> str:
-    m = manifest.get("models") or {}
-    dr = m.get("density_ratio") or {}
-    gens = m.get("generators")
-    rows = [
-        ["generators", ", ".join(esc(g) for g in gens) if gens else NOT_RECORDED],
-        ["judge", esc(m["judge"]) if m.get("judge") else NOT_RECORDED],
-        ["density ratio (strong / weak)",
-         f"{esc(dr['strong'])} / {esc(dr['weak'])}" if dr.get("strong") else NOT_RECORDED],
-        ["CHES model", esc(m["ches_model"]) if m.get("ches_model") else NOT_RECORDED],
-    ]
+    rows = [[role, esc(model) if model else NOT_RECORDED] for role, model in model_rows(manifest)]
     named = ", ".join(f"`{esc(x)}`" for x in stats["models_in_data"]) or "none"
     annotators = ", ".join(f"`{esc(x)}`" for x in stats["annotators"]) or "none"
     return (_table(["role", "model"], rows, "---|---") +
@@ -147,33 +334,65 @@ def models_section(manifest: dict, stats: dict) -> str:
 
 
 def distribution_table(summaries: dict) -> str:
-    keys = ["count", "missing", "mean", "std", "min", "p25", "median", "p75", "max"]
-    return _table(["column"] + keys, [[c] + [_num(v.get(k)) for k in keys] for c, v in summaries.items()])
+    return _table(["column", "count", "missing"] + SUMMARY_KEYS, summary_rows(summaries))
 
 
 def scores_section(stats: dict) -> str:
     d = stats["distributions"]
-    if not any(v["count"] for v in d.values()):
-        return ("Scores and margins: not recorded (the pairs carry no scores, e.g. pairs taken from the "
-                "source's own chosen/rejected labels).")
+    if not d["score_chosen"]["count"] and not d["score_rejected"]["count"]:
+        margin = d["margin"]
+        constant = f"; `margin` is {fmt_num(margin['min'])} for every pair" \
+            if margin["count"] and margin["min"] == margin["max"] else ""
+        return ("Scores and margins: not recorded: the pairs carry no scores (e.g. pairs taken from the "
+                f"source's own chosen/rejected labels){constant}.")
     return distribution_table(d)
 
 
 def ches_section(manifest: dict, stats: dict) -> str:
-    cut = manifest.get("ches")
-    line = (f"CHES cut: threshold {_num(cut.get('threshold'))}, fraction {_num(cut.get('fraction'))}."
-            if cut else f"CHES cut: {NOT_RECORDED}.")
-    if stats["ches"]["count"]:
-        return line + "\n\n" + distribution_table({"ches": stats["ches"]})
-    return line + f" CHES scores of the pairs: {NOT_RECORDED}."
+    line = ches_sentence(manifest, stats)
+    key = stats["ches_score"]
+    tables = {key: stats["ches"], f"{key} (dropped)": stats["ches_dropped"]}
+    return line + ("\n\n" + distribution_table(tables) if stats["ches"]["count"] else "")
+
+
+def gold_agreement(manifest: dict) -> str:
+    """The annotator's agreement with human labels (`annotator_eval`, an eval-annotator report)."""
+    ev = manifest.get("annotator_eval")
+    if not ev:
+        if manifest["recipe"].get("annotate") is None:
+            return ("Not applicable: the pairs keep the source's own labels; no model annotated them.")
+        return ("Not measured for this build. Measure the recipe's annotator with `prefpipe eval-annotator "
+                "RECIPE --gold FILE` before trusting its labels.")
+    m = (ev.get("variants") or {}).get(ev.get("configured_variant"), ev)
+    acc = next((m[k] for k in ("accuracy_excluding_ties", "accuracy", "agreement") if m.get(k) is not None), None)
+    ci = (m.get("ci95") or {}).get("accuracy_excluding_ties") or [None, None]
+    gold = ev.get("gold") or {}
+    who = f"The annotator `{esc(ev['annotator'])}`" if ev.get("annotator") else "The annotator"
+    interval = f" (95% CI {percent(ci[0])} to {percent(ci[1])})" if ci[0] is not None else ""
+    share = percent(acc) if acc is not None else "an unrecorded share"
+    parts = [f"{who} agreed with human labels on {share} of the gold pairs{interval}"]
+    if m.get("cohen_kappa") is not None:
+        parts.append(f"Cohen's kappa {fmt_num(m['cohen_kappa'])}")
+    pairs = m.get("pairs") or gold.get("pairs")
+    if pairs:
+        parts.append(f"over {pairs} pairs" + (f" of `{esc(Path(gold['path']).name)}`" if gold.get("path") else ""))
+    return "; ".join(parts) + "."
 
 
 def decontam_section(manifest: dict) -> str:
     d = manifest.get("decontamination")
     if not d:
         return NOT_RECORDED.capitalize() + "."
-    rows = [[esc(n), b.get("items_hit", 0), len(b.get("rows") or [])] for n, b in sorted(d.get("benchmarks", {}).items())]
-    return _table(["benchmark", "items hit", "rows dropped"], rows) if rows else "No benchmarks were checked."
+    benchmarks = d.get("benchmarks", {})
+    rows = [[esc(n), b.get("items_hit", 0), len(b.get("rows") or [])] for n, b in sorted(benchmarks.items())
+            if b.get("items_hit") or b.get("rows")]
+    if not benchmarks:
+        return "No benchmarks were checked."
+    if not rows:
+        return f"No prompt matched any of the {len(benchmarks)} benchmarks checked ({', '.join(sorted(benchmarks))})."
+    rest = len(benchmarks) - len(rows)
+    return _table(["benchmark", "items hit", "rows dropped"], rows) + \
+        (f"\n\nNo hits in the other {rest} benchmarks checked." if rest else "")
 
 
 def dedup_section(manifest: dict) -> str:
@@ -184,18 +403,38 @@ def dedup_section(manifest: dict) -> str:
 
 
 def lengths_section(stats: dict) -> str:
-    lb = stats["length_bias"]
-    rate = lb["longer_chosen_rate"]
-    bias = ("Length bias: no pairs of different length." if rate is None else
-            f"Length bias: the chosen response is the longer one in {100 * rate:.1f}% of the "
-            f"{lb['pairs'] - lb['equal_length']} pairs of different length ({lb['equal_length']} ties).")
-    return "Characters per side (all messages):\n\n" + distribution_table(stats["lengths"]) + "\n\n" + bias
+    if not stats["rows"]:
+        return "No pairs, no lengths."
+    return "Characters per side (all messages):\n\n" + distribution_table(stats["lengths"])
 
 
 def inputs_section(manifest: dict) -> str:
     rows = [[f"`{esc(Path(i['path']).name)}`", esc(i["format"]), esc(i.get("license") or "unknown"),
-             i.get("max_rows") or "all", f"`{i['sha256'][:16]}…`"] for i in manifest.get("inputs", [])]
-    return _table(["input", "format", "licence", "rows read", "sha256"], rows, "---|---|---|---|---")
+             i.get("max_rows") or "all", esc(s["hub_id"]) if (s := known_source(i["path"])) else "local file",
+             f"`{i['sha256'][:16]}…`"] for i in manifest.get("inputs", [])]
+    return _table(["input", "format", "licence", "rows read", "public dataset", "sha256"], rows,
+                  "---|---|---|---|---|---")
+
+
+def structure_section(version_dir: Path) -> str:
+    def kind(t) -> str:
+        if str(t).startswith("list<") and "struct<role" in str(t):
+            return "list of {role, content} messages"
+        return str(t)
+
+    schema = data_schema(version_dir)
+    return _table(["column", "type", "meaning"],
+                  [[f"`{f.name}`", kind(f.type), esc(COLUMN_DOCS.get(f.name, ""))] for f in schema], "---|---|---")
+
+
+def languages_line(stats: dict) -> str:
+    lang = stats["languages"]
+    if not lang["languages"]:
+        return (f"not detected (none of the {lang['prompts_checked']} prompts checked is in a language the "
+                "simple script and stopword detector knows)")
+    names = ", ".join(f"{LANGUAGE_NAMES.get(c, c)} (`{c}`)" for c in lang["languages"])
+    counts = ", ".join(f"{c}: {n}" for c, n in lang["counts"].items())
+    return f"{names}, detected from the user turns of {lang['prompts_checked']} prompts ({counts})"
 
 
 def dropped_section(stats: dict) -> str:
@@ -227,14 +466,38 @@ def sample_section(df) -> str:
     return "\n".join(parts)
 
 
-def render_card(manifest: dict, stats: dict, df, change: dict | None, warnings: list[str]) -> str:
+def citation_section(manifest: dict) -> str:
+    cites = sorted({s["citation"] for i in manifest.get("inputs", []) if (s := known_source(i["path"]))})
+    if not cites:
+        return ("No published source is recognised among the inputs (local files): cite their authors as "
+                "their licences ask.")
+    return "Cite the source data:\n\n" + fence("\n\n".join(cites), "bibtex")
+
+
+def bias_section(manifest: dict, stats: dict, warnings_: list[str]) -> str:
+    lines = [length_bias_sentence(stats), position_bias_sentence(manifest), *self_preference_sentences(manifest)]
+    lines += [f"Content: {w}" for w in warnings_]
+    lines.append("Annotator noise: scores from small models are noisy; see the agreement with human labels above."
+                 if manifest["recipe"].get("annotate") else
+                 "Label noise: the pairs keep the source's own labels, with whatever disagreement its annotators had.")
+    if manifest["rows"] < 1000:
+        lines.append(f"Size: {manifest['rows']} pairs is enough to test a training setup, not to train a robust model.")
+    return "\n".join(f"- {esc(line)}" for line in lines)
+
+
+def render_card(manifest: dict, stats: dict, df, change: dict | None, warnings: list[str],
+                version_dir: Path) -> str:
+    """README.md: `DatasetCardData` YAML, then the sections of the Hub's dataset-card template."""
+    from huggingface_hub import DatasetCard
+
     name, version = manifest["name"], manifest["version"]
-    recipe_yaml = yaml.safe_dump(manifest["recipe"], sort_keys=False, allow_unicode=True).strip()
+    recipe_yaml = yaml.safe_dump(relative_recipe(manifest, version_dir), sort_keys=False, allow_unicode=True).strip()
     description = esc(manifest["recipe"].get("description") or "A preference dataset built by prefpipe.")
     jr = manifest.get("judge_reliability")
-    checks = funnel_checks(manifest, stats)
-    all_warnings = [esc(w) for w in warnings]
-    body = f"""# {esc(name)} {version}
+    harmful = content_warnings(manifest)
+    data = card_data(manifest, stats, version_dir)
+    config = config_name(manifest)
+    body = f"""# Dataset Card for {esc(name)} {version}
 
 {description}
 
@@ -244,11 +507,32 @@ This version holds **{stats['rows']}** pairs in TRL's conversational preference 
 **{stats['rows_dropped']}** rows were dropped on the way; each is in `dropped/` with its stage and reason.
 Created {manifest['created_at']}. Plots and a sample of pairs: [report.html](report.html).
 
-{chr(10).join(f"> **Warning:** {w}" + chr(10) for w in all_warnings)}
-## Load it
+{chr(10).join(f"> **Content warning:** {esc(w)}" + chr(10) for w in harmful)}
+{chr(10).join(f"> **Warning:** {esc(w)}" + chr(10) for w in warnings)}
+## Dataset Details
 
-{fence('''from datasets import load_dataset
-ds = load_dataset("path/to/this/version", split="train")   # the YAML above points at data/*.parquet
+### Dataset Description
+
+- **Curated by:** prefpipe, code version `{manifest['code_version']}`, build key `{manifest.get('build_key', NOT_RECORDED)}`
+- **Language(s):** {languages_line(stats)}
+- **License:** `{esc(dataset_licence(manifest))}`; check the inputs' licences below (and the terms of any model
+  whose outputs are included) before redistributing.
+- **Configuration:** `{config}`, one split `train` (named after this version's data, so the `datasets`
+  cache never mixes versions)
+
+### Dataset Sources
+
+{inputs_section(manifest)}
+
+## Uses
+
+### Direct Use
+
+Preference tuning (DPO, IPO, SimPO with TRL's `DPOTrainer`), reward-model training (`RewardTrainer` reads
+`chosen`, `rejected` and `margin`), and research on how preference data is curated.
+
+{fence(f'''from datasets import load_dataset
+ds = load_dataset("path/to/this/version", split="train")   # config {config}: data/*.parquet
 
 import polars as pl
 df = pl.read_parquet("path/to/this/version/data/*.parquet")''', "python")}
@@ -261,22 +545,41 @@ trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="dpo-out"),
                      train_dataset=train, processing_class=tokenizer)
 trainer.train()''', "python")}
 
-## How it was made
+### Out-of-Scope Use
 
-Rebuild with (same recipe, inputs and code give the same build key `{manifest.get('build_key', '-')}`):
+Not an evaluation benchmark (the prompts are training data, decontaminated against benchmarks only as the
+Decontamination section says), not a source of verified facts (a chosen response is preferred, not checked
+to be correct){", and not a source of text to imitate: its harmful content is there so models learn to refuse it" if harmful else ""}.
 
-{fence(manifest['command'], 'sh')}
+## Dataset Structure
 
-Code version `{manifest['code_version']}`, schema version {manifest['schema_version']},
-recipe hash `{manifest['recipe_hash']}`:
+{structure_section(version_dir)}
+
+## Dataset Creation
+
+### Curation Rationale
+
+{description}
+
+### Source Data
+
+#### Data Collection and Processing
+
+Rebuild {rebuild(manifest, version_dir)[0]}; the same recipe, inputs and code give the same
+build key `{manifest.get('build_key', '-')}`:
+
+{fence(rebuild(manifest, version_dir)[1], 'sh')}
+
+Schema version {manifest['schema_version']}, recipe hash `{manifest['recipe_hash']}`; the recipe, paths
+relative to {"its directory" if recipe_anchored(manifest) else "the data root"}:
 
 {fence(recipe_yaml, 'yaml')}
 
-## Models
+### Models
 
 {models_section(manifest, stats)}
 
-## Funnel
+### Funnel
 
 {funnel_table(manifest.get('funnel', []))}
 
@@ -284,47 +587,66 @@ Rows in `dropped/` by stage and reason:
 
 {dropped_section(stats)}
 
-{"Every count adds up: each stage's rows in = rows out + dropped, drop reasons sum to the drops, each stage reads what the one before wrote, the last stage's output" + incremental_note(manifest) + " is the " + str(stats['rows']) + " rows in `data/`, and `dropped/` holds exactly the funnel's drops." if not checks else "**The counts do not add up:**" + chr(10) + chr(10).join("- " + esc(c) for c in checks)}
+{funnel_summary(manifest, stats)}
 
-## Decontamination
+### Decontamination
 
 {decontam_section(manifest)}
 
-## Deduplication
+### Deduplication
 
 {dedup_section(manifest)}
 
-## Scores and margins
+### Annotations
+
+#### Scores and margins
 
 {scores_section(stats)}
 
 {ches_section(manifest, stats)}
 
-## Judge reliability
+#### Judge reliability
 
 {_kv(jr, ["flip_rate", "first_position_win_rate", "longer_response_win_rate"]) if jr else NOT_RECORDED.capitalize() + "."}
 
-## Lengths
+#### Agreement with human labels
+
+{gold_agreement(manifest)}
+
+### Personal and Sensitive Information
+
+prefpipe does not detect or remove personal information; the prompts and responses are as the inputs
+and models wrote them.
+
+## Bias, Risks, and Limitations
+
+{bias_section(manifest, stats, harmful)}
+
+### Lengths
 
 {lengths_section(stats)}
 
-## Inputs and licences
+### Recommendations
 
-{inputs_section(manifest)}
+Read the sample in [report.html](report.html) before training; weigh the length bias above (a length
+guard or length-normalised loss counters it); keep the licences of the inputs.
 
-Dataset licence: `{esc(front_matter(manifest)['license'])}`. Check the inputs' licences (and the terms
-of any model whose outputs are included) before redistributing.
+## Citation
 
-## Parent version and what changed
+{citation_section(manifest)}
+
+## More Information
+
+### Parent version and what changed
 
 {parent_section(manifest, change)}
 
-## Sample
+### Sample
 
 {sample_section(df)}
 """
     body = re.sub(r"\n{3,}", "\n\n", body)
-    return "---\n" + yaml.safe_dump(front_matter(manifest), sort_keys=False) + "---\n\n" + body
+    return str(DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def parent_change(version_dir: Path, manifest: dict) -> dict | None:
@@ -340,11 +662,12 @@ def render(version_dir: Path, manifest: dict) -> dict[str, str]:
     """README.md and report.html of a version, as text."""
     manifest = json.loads(json.dumps(manifest, sort_keys=True))  # as manifest.json stores it: same bytes
     df = pairs_frame(version_dir)
-    stats = version_stats(version_dir, df)
+    stats = version_stats(version_dir, df, manifest)
     change = parent_change(version_dir, manifest)
-    warnings = [str(w) for w in manifest.get("warnings") or []] + funnel_checks(manifest, stats)
-    return {"README.md": render_card(manifest, stats, df, change, [str(w) for w in manifest.get("warnings") or []]),
-            "report.html": render_report(manifest, stats, df, warnings, change)}
+    recorded = [str(w) for w in manifest.get("warnings") or []]
+    return {"README.md": render_card(manifest, stats, df, change, recorded, Path(version_dir)),
+            "report.html": render_report(manifest, stats, df, recorded + funnel_checks(manifest, stats), change,
+                                         rebuild(manifest, version_dir), content_warnings(manifest))}
 
 
 def _replace(path: Path, text: str) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.store import read_manifest
-from pipeline.version_stats import DISTRIBUTIONS, LENGTHS, pairs_frame, version_stats
+from pipeline.version_stats import DISTRIBUTIONS, LENGTHS, fmt_num as _num, pairs_frame, version_stats
 
 FUNNEL_FIELDS = ("rows_in", "rows_out", "rows_dropped", "outputs_written")
 
@@ -60,14 +60,6 @@ def diff_versions(a_dir: Path, b_dir: Path) -> dict:
         "length_bias": {"a": sa["length_bias"]["longer_chosen_rate"],
                         "b": sb["length_bias"]["longer_chosen_rate"]},
     }
-
-
-def _num(x) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
 
 
 def _delta(a, b) -> str:

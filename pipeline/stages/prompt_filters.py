@@ -10,15 +10,20 @@ from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, json_co
 from pipeline.stats import StageStats
 
 
-class DedupStage(Stage):
-    name = "dedup"
-    sections = ("dedup",)
+class PromptFilter(Stage):
+    """A whole-build filter of conversations, configured by the recipe section of its name."""
+
     kind = "build"
     unit_in, unit_out = CONVERSATIONS, CONVERSATIONS
 
     @classmethod
     def enabled(cls, recipe, context: BuildContext) -> bool:
-        return recipe.dedup is not None
+        return getattr(recipe, cls.name) is not None
+
+
+class DedupStage(PromptFilter):
+    name = "dedup"
+    sections = ("dedup",)
 
     def previous(self) -> list[str]:
         """Earlier versions' dedup indexes a build matches against (incremental builds)."""
@@ -42,15 +47,9 @@ class DedupStage(Stage):
                 {f"index/dedup/{p.relative_to(index)}": p for p in index.rglob("*") if p.is_file()})
 
 
-class DecontamStage(Stage):
+class DecontamStage(PromptFilter):
     name = "decontam"
     sections = ("decontam",)
-    kind = "build"
-    unit_in, unit_out = CONVERSATIONS, CONVERSATIONS
-
-    @classmethod
-    def enabled(cls, recipe, context: BuildContext) -> bool:
-        return recipe.decontam is not None
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         from pipeline.filters.decontam import decontaminate_shards
