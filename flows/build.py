@@ -22,7 +22,8 @@ from flows.settings import configure
 
 configure()
 
-from prefect import flow, task  # noqa: E402
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
 
@@ -92,6 +93,8 @@ def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[Stage
     upstream = list(results.values())[-1] if results else []
     units = stage.units(upstream, results)
     groups = [[u] for u in units] if stage.kind == "shard" else [units]
+    log = get_run_logger()
+    log.info("%s: %d unit(s) of work in %d task(s)", stage.name, len(units), len(groups))
     futures = []
     for group in groups:
         task_fn = stage_task(stage.name, bool(stage.roles))
@@ -99,15 +102,21 @@ def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[Stage
             task_fn = task_fn.with_options(refresh_cache=True)  # never trust a result whose files are gone
         key = content_id(stage.name, [stage.key(u) for u in group])
         futures.append(task_fn.submit(stage=stage, units=group, key=key, work_root=str(stage.context.work_root)))
-    return [r for f in futures for r in f.result()]
+    results = [r for f in futures for r in f.result()]
+    total = B.merge_stats(stage.name, results)
+    log.info("%s: read %d %s, kept %d, dropped %d %s, wrote %d %s (%d of %d unit(s) reused)", stage.name,
+             total.rows_in, stage.unit_in, total.rows_out, total.rows_dropped, dict(total.reasons),
+             total.outputs_written, stage.unit_out, sum(r.cached for r in results), len(results))
+    return results
 
 
 def publish_artifacts(version_dir: Path, published: bool) -> None:
     manifest = read_manifest(version_dir)
     key = manifest["name"].lower().replace("_", "-").replace(".", "-")
-    create_table_artifact(key=f"{key}-funnel", table=[
-        {k: (", ".join(f"{r}: {n}" for r, n in v.items()) if k == "reasons" else v) for k, v in s.items()}
-        for s in manifest["funnel"]], description=f"Row funnel of {manifest['name']}@{manifest['version']}")
+    columns = ["stage", "unit_in", "rows_in", "rows_out", "rows_dropped", "reasons", "outputs_written", "unit_out"]
+    create_table_artifact(key=f"{key}-funnel", table={  # columns in funnel order, stages in build order
+        c: [", ".join(f"{r}: {n}" for r, n in s[c].items()) if c == "reasons" else s.get(c) for s in manifest["funnel"]]
+        for c in columns}, description=f"Row funnel of {manifest['name']}@{manifest['version']}")
     state = "published" if published else "unchanged (an identical build exists)"
     create_markdown_artifact(key=f"{key}-version", markdown=(
         f"### {manifest['name']}@{manifest['version']}: {state}\n\n"
@@ -116,7 +125,20 @@ def publish_artifacts(version_dir: Path, published: bool) -> None:
         f"- report: `{version_dir / 'report.html'}`\n- parent: {manifest.get('parent_version')}\n"))
 
 
-@flow(name="build-dataset", log_prints=False)
+def run_name() -> str:
+    """`DATASET vNNNN` (the version this build expects to publish) or `DATASET incremental`."""
+    params = flow_run.parameters
+    try:
+        name = load_recipe(params["recipe_path"], check_env=False).output.dataset
+    except Exception:  # noqa: BLE001 - the flow itself reports a bad recipe
+        return "build"
+    if params.get("incremental_run"):
+        return f"{name} incremental"
+    versions = list_versions(resolve_root(params.get("data_root")), name)
+    return f"{name} {version_name((versions[-1] if versions else 0) + 1)}"
+
+
+@flow(name="build-dataset", log_prints=False, flow_run_name=run_name)
 def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = False,
                   incremental_run: bool = False, command: str | None = None) -> dict:
     """Build the dataset a recipe describes and publish a new version.

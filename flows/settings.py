@@ -16,7 +16,7 @@ DEFAULTS = {
     # A loaded 2-core machine needs longer than the default to start the local API server.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     # Quiet by default: the CLI prints progress and the result itself.
-    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_LOGGING_LEVEL": "INFO",  # run logs reach the API; the CLI sends the terminal's share to a file
     "PREFECT_LOGGING_LOG_PRINTS": "false",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",

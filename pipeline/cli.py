@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -146,15 +147,20 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
               None, "--dask-address", envvar="PREFPIPE_DASK_ADDRESS",
               help="Run shard tasks on an existing Dask cluster (tcp://host:8786)")):
     """Run the build flow for RECIPE and publish a new dataset version."""
-    load_recipe(recipe)  # fail before any work (and before Prefect starts)
-    from flows.build import build_flow
+    name = load_recipe(recipe).output.dataset  # fail before any work (and before Prefect starts)
+    from flows.build import build_flow  # first: it points Prefect at the shared server
+    from prefect import tags
 
     flow_fn = build_flow(dask_address)
     command = "prefpipe build " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     root = data_root(data_root_)
     try:
-        with StageProgress():
-            result = flow_fn(str(recipe), str(root), force, incremental, command)
+        with StageProgress(), tags("prefpipe", f"dataset:{name}", "incremental" if incremental else "build"):
+            state = flow_fn(str(recipe), str(root), force, incremental, command, return_state=True)
+        if api := os.environ.get("PREFECT_API_URL"):
+            console.print(f"run: {api.rstrip('/').removesuffix('/api')}/runs/flow-run/"
+                          f"{state.state_details.flow_run_id}", highlight=False, soft_wrap=True)
+        result = state.result()
     except Exception as err:  # noqa: BLE001 - explained with the data root it wrote under
         if DEBUG:
             raise
