@@ -145,9 +145,12 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
                                            help="Read only inputs/rows earlier versions have not seen"),
           dask_address: Optional[str] = typer.Option(
               None, "--dask-address", envvar="PREFPIPE_DASK_ADDRESS",
-              help="Run shard tasks on an existing Dask cluster (tcp://host:8786)")):
+              help="Run shard tasks on an existing Dask cluster (tcp://host:8786)"),
+          fail_on_empty: bool = typer.Option(False, "--fail-on-empty",
+                                             help="Exit 1 when a stage dropped every row it read")):
     """Run the build flow for RECIPE and publish a new dataset version."""
     name = load_recipe(recipe).output.dataset  # fail before any work (and before Prefect starts)
+    out.print(f"building {name} from {recipe}: connecting to Prefect ...", highlight=False, soft_wrap=True)
     from flows.build import build_flow  # first: it points Prefect at the shared server
     from prefect import tags
 
@@ -170,6 +173,13 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
     if result["published"]:
         out.print(funnel_table(manifest["funnel"]))
         out.print(f"published {manifest['name']}@{manifest['version']}: {manifest['rows']} rows")
+        emptied = [s for s in manifest["funnel"] if s["rows_in"] and not s["rows_out"]]
+        for s in emptied:
+            console.print(f"warning: stage {s['stage']} dropped every row it read ({s['rows_in']}: "
+                          + ", ".join(f"{r} {n}" for r, n in s["reasons"].items()) + "); see dropped/",
+                          highlight=False, soft_wrap=True, markup=False)
+        if emptied and fail_on_empty:
+            fail(f"stage {emptied[0]['stage']} dropped every row (--fail-on-empty)", 1)
     elif incremental:
         out.print(f"nothing new: {manifest['name']}@{manifest['version']} is current ({manifest['rows']} rows)")
     else:
@@ -281,12 +291,7 @@ def datasets_list(data_root_: Optional[Path] = DataRoot):
 def datasets_show(ref: str = typer.Argument(..., help="NAME or NAME@vN"), data_root_: Optional[Path] = DataRoot,
                   as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON")):
     """One version: its manifest summary and funnel."""
-    try:
-        path = version_path(data_root(data_root_), ref)
-    except NameError_ as err:
-        fail(str(err), 2)
-    except StoreError as err:
-        fail(str(err), 1)
+    path = _resolve_version(ref, data_root_)
     manifest = read_manifest(path)
     if as_json:
         out.print_json(json.dumps(manifest))

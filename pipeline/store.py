@@ -9,6 +9,7 @@ visible version.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import errno
 import json
 import os
@@ -89,7 +90,10 @@ def version_path(root: Path, ref: str) -> Path:
     name, version = parse_ref(ref)
     versions = list_versions(root, name)
     if not versions:
-        raise StoreError(f"no published versions of dataset {name!r} under {root}")
+        known = sorted(p.name for p in (Path(root) / "datasets").glob("*") if p.is_dir() and not p.name.startswith("."))
+        close = difflib.get_close_matches(name, known, n=1)
+        raise StoreError(f"no published versions of dataset {name!r} under {root}"
+                         + (f": did you mean {close[0]!r}?" if close else ""))
     version = versions[-1] if version is None else version
     if version not in versions:
         raise StoreError(f"{name} has no version {version_name(version)} (has "

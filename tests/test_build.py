@@ -84,3 +84,15 @@ def test_missing_version_is_a_clear_error(tmp_path):
     assert proc.returncode == 1 and "no published versions of dataset 'nope'" in proc.stderr
     proc = cli("datasets", "show", "../etc", "--data-root", str(tmp_path), check=False)
     assert proc.returncode == 2 and "invalid dataset name" in proc.stderr
+
+
+def test_a_stage_that_drops_every_row_is_said_and_can_fail_the_build(tmp_path):
+    src = tmp_path / "in" / "bad.jsonl"
+    src.parent.mkdir()
+    src.write_text("".join(f'{{"chosen": "no transcript {i}", "rejected": "none"}}\n' for i in range(5)))
+    recipe = write_recipe(tmp_path / "recipe.yaml", [src], "emptied")
+    said = cli("build", str(recipe), "--data-root", str(tmp_path / "a"))
+    assert "warning: stage ingest dropped every row it read (5: bad_transcript 5)" in said.stderr
+    assert read_manifest(tmp_path / "a/datasets/emptied/v0001")["rows_dropped"] == 5  # published, all in dropped/
+    failed = cli("build", str(recipe), "--data-root", str(tmp_path / "b"), "--fail-on-empty", check=False)
+    assert failed.returncode == 1 and "--fail-on-empty" in failed.stderr.splitlines()[-1]

@@ -10,6 +10,7 @@ once and never see a half-written model.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -157,9 +158,13 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", add_bos_t
 
 def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None = None) -> Path:
     """The converted directory of a packaged model, converting it on first use."""
-    spec = spec or load_registry().get(name)
+    registry = load_registry()
+    spec = spec or registry.get(name)
     if spec is None:
-        raise ModelNotFound(f"model {name!r} is not in the registry")
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        raise ModelNotFound(f"model {name!r} is not in the registry"
+                            + (f": did you mean {close[0]!r}?" if close else "")
+                            + f" (known: {', '.join(sorted(registry))})")
     root = root or cache_dir()
     final = root / name
     if (final / MARKER).exists():
