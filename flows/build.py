@@ -34,8 +34,8 @@ from pipeline.ids import content_id  # noqa: E402
 from pipeline.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.runner import run_units, units_complete  # noqa: E402
 from pipeline.stages import BuildContext, Stage, StageResult, Unit, build_stages  # noqa: E402
-from pipeline.store import data_root as resolve_root  # noqa: E402
-from pipeline.store import AlreadyPublished, list_versions, read_manifest, version_name  # noqa: E402
+from pipeline.publish.store import data_root as resolve_root  # noqa: E402
+from pipeline.publish.store import AlreadyPublished, list_versions, read_manifest, version_name  # noqa: E402
 
 
 def stage_cache_key(context, parameters) -> str:

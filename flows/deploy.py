@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client  # noqa: E402
 
 from flows.build import build_dataset  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
-from pipeline.store import data_root as resolve_root  # noqa: E402
+from pipeline.publish.store import data_root as resolve_root  # noqa: E402
 
 FLOW_NAME = "build-dataset"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.card import write_card
+from pipeline.publish.card import write_card
 from pipeline.filters.length import length_bias
 from pipeline.ids import content_id
 from pipeline.incremental import IDS_FILE, write_ids
@@ -16,7 +16,7 @@ from pipeline.keys import code_version, content_hash
 from pipeline.shards import count_rows
 from pipeline.stages import BY_NAME, BuildContext, StageResult
 from pipeline.stats import StageStats
-from pipeline.store import StoreError, find_build, publish, read_manifest  # noqa: F401 - find_build: API
+from pipeline.publish.store import StoreError, find_build, publish, read_manifest  # noqa: F401 - find_build: API
 from pipeline.tables import SCHEMA_VERSION
 
 

@@ -26,7 +26,7 @@ from flows.server import ServerError
 from flows.settings import log_file, log_to_file
 from pipeline.names import NameError_
 from pipeline.recipe import IngestConfig, InputSpec, RecipeError, load_recipe
-from pipeline.store import (ACCESS_ERRNOS, StoreError, data_root, list_datasets, list_versions, os_problem,
+from pipeline.publish.store import (ACCESS_ERRNOS, StoreError, data_root, list_datasets, list_versions, os_problem,
                             read_manifest, version_path)
 
 DEBUG = False  # --debug: tracebacks and Prefect's log output on the terminal
@@ -316,7 +316,7 @@ def _resolve_version(ref: str, data_root_: Optional[Path]) -> Path:
 def card(ref: str = typer.Argument(..., help="NAME@vN (or NAME for the latest)"),
          data_root_: Optional[Path] = DataRoot):
     """Regenerate README.md and report.html of a published version (its data never changes)."""
-    from pipeline.card import regenerate
+    from pipeline.publish.card import regenerate
 
     path = _resolve_version(ref, data_root_)
     try:
@@ -333,7 +333,7 @@ def datasets_diff(ref_a: str = typer.Argument(..., help="NAME@vA (older)"),
                   data_root_: Optional[Path] = DataRoot,
                   as_json: bool = typer.Option(False, "--json", help="Print the diff as JSON")):
     """Pairs added/removed (by pair id), funnel and distribution changes between two versions."""
-    from pipeline.diff import diff_versions, distribution_rows, funnel_rows
+    from pipeline.publish.diff import diff_versions, distribution_rows, funnel_rows
 
     diff = diff_versions(_resolve_version(ref_a, data_root_), _resolve_version(ref_b, data_root_))
     if as_json:

@@ -7,7 +7,7 @@ import json
 import datasets
 import polars as pl
 
-from pipeline.store import list_versions, read_manifest
+from pipeline.publish.store import list_versions, read_manifest
 from tests.helpers import cli, cli_popen, hh_slice, write_recipe
 
 

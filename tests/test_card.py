@@ -20,12 +20,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.card import content_warnings, funnel_checks, rebuild, render, size_category, source_datasets
+from pipeline.publish.card import content_warnings, funnel_checks, rebuild, render, size_category, source_datasets
 from pipeline.cli import app
-from pipeline.diff import diff_versions
+from pipeline.publish.diff import diff_versions
 from pipeline.ids import file_sha256
-from pipeline.store import read_manifest
-from pipeline.version_stats import detect_language, version_stats
+from pipeline.publish.store import read_manifest
+from pipeline.publish.version_stats import detect_language, version_stats
 from tests.fixtures.card_versions import XSS, absolute_paths
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from pipeline.ids import file_sha256
-from pipeline.store import list_versions, read_manifest, version_name
+from pipeline.publish.store import list_versions, read_manifest, version_name
 from tests.helpers import cli, cli_popen, hh_slice, write_recipe
 
 

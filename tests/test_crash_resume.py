@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from pipeline.cache import CACHE_FILE, count_results, recomputed
-from pipeline.store import list_versions
+from pipeline.publish.store import list_versions
 from tests.helpers import REPO, cli
 
 STAGES = ["ingest", "dedup", "decontam", "generate", "generate", "annotate", "pairs", "length", "margin",

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.engines.tiny import build_tiny_model
-from pipeline.store import read_manifest
+from pipeline.publish.store import read_manifest
 from tests.helpers import cli
 
 

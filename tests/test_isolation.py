@@ -7,7 +7,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.store import read_manifest
+from pipeline.publish.store import read_manifest
 from tests.helpers import hh_slice, write_recipe
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pipeline.incremental import IDS_FILE
 from pipeline.ingest.adapters import Malformed, from_hh_rlhf
 from pipeline.lineage import chain_problems
-from pipeline.store import read_manifest
+from pipeline.publish.store import read_manifest
 from tests.helpers import HH
 
 POOL = 40  # distinct real hh-rlhf rows the examples draw from (with repeats: exact duplicates)

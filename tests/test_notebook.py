@@ -14,7 +14,7 @@ import nbformat
 import yaml
 from nbclient import NotebookClient
 
-from pipeline.store import read_manifest
+from pipeline.publish.store import read_manifest
 from tests.fixtures.card_versions import absolute_paths
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_dataset.ipynb"

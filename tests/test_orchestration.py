@@ -17,7 +17,7 @@ import httpx
 import polars as pl
 import pytest
 
-from pipeline.store import list_versions, read_manifest
+from pipeline.publish.store import list_versions, read_manifest
 from tests.helpers import REPO, cli, free_port, hh_slice, write_recipe
 
 BIN = Path(sys.executable).parent

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.store import list_versions, publish, read_manifest
+from pipeline.publish.store import list_versions, publish, read_manifest
 from pipeline.tables import PAIR
 
 
@@ -70,7 +70,7 @@ def publish_in_subprocess(root: Path, src: Path, fsize_limit: int | None = None)
     script = textwrap.dedent(f"""
         import resource, signal, sys
         from pathlib import Path
-        from pipeline.store import StoreError, publish
+        from pipeline.publish.store import StoreError, publish
         if {fsize_limit!r}:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
             resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize_limit!r}, {fsize_limit!r}))

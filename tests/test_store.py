@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.names import NameError_, check_dataset_name, parse_ref
-from pipeline.store import StoreError, list_versions, publish, read_manifest, version_path
+from pipeline.publish.store import StoreError, list_versions, publish, read_manifest, version_path
 from pipeline.tables import PAIR
 
 
@@ -66,7 +66,7 @@ def test_concurrent_publishes_get_distinct_versions(tmp_path):
     src = shard(tmp_path, 3)
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from pipeline.store import publish
+        from pipeline.publish.store import publish
         for _ in range(5):
             publish(Path({str(root)!r}), "ds", [Path({str(src)!r})], [], {{"funnel": []}})
     """)
@@ -85,7 +85,7 @@ def test_killed_publish_leaves_no_visible_version(tmp_path):
     script = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from pipeline.store import publish
+        from pipeline.publish.store import publish
         def card(tmp_dir, manifest):
             Path({str(marker)!r}).write_text(str(tmp_dir))
             time.sleep(120)
@@ -116,7 +116,7 @@ def test_manifest_is_json_and_names_every_file(tmp_path):
 
 
 def test_identical_concurrent_build_publishes_once(tmp_path):
-    from pipeline.store import AlreadyPublished
+    from pipeline.publish.store import AlreadyPublished
 
     root = tmp_path / "root"
     src = shard(tmp_path, 3)

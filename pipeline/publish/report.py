@@ -23,7 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from pipeline.filters.ches import STAGE as CHES_STAGE
-from pipeline.version_stats import fmt_num
+from pipeline.publish.version_stats import fmt_num
 
 SAMPLE_PAIRS = 20
 SAMPLE_CHARS = 1500
@@ -438,8 +438,8 @@ def flat_items(section: dict, prefix: str = "") -> list[tuple[str, str]]:
 def render_report(manifest: dict, stats: dict, df: pl.DataFrame, warnings: list[str],
                   change: dict | None = None, rebuild: tuple[str, str] | None = None,
                   content_warnings: list[str] | None = None) -> str:
-    """The report page; `change` is `pipeline.diff.diff_versions(parent, this)` when there is a parent,
-    `rebuild` (where to run it, command) as `pipeline.card.rebuild` gives it (default: the manifest's)."""
+    """The report page; `change` is `pipeline.publish.diff.diff_versions(parent, this)` when there is a parent,
+    `rebuild` (where to run it, command) as `pipeline.publish.card.rebuild` gives it (default: the manifest's)."""
     fig = figures(manifest, stats, df)
     summary, img = _ENV.from_string(SUMMARY), _ENV.from_string(IMG)
     return _ENV.from_string(TEMPLATE).render(

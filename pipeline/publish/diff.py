@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.store import read_manifest
-from pipeline.version_stats import DISTRIBUTIONS, LENGTHS, fmt_num as _num, pairs_frame, version_stats
+from pipeline.publish.store import read_manifest
+from pipeline.publish.version_stats import DISTRIBUTIONS, LENGTHS, fmt_num as _num, pairs_frame, version_stats
 
 FUNNEL_FIELDS = ("rows_in", "rows_out", "rows_dropped", "outputs_written")
 

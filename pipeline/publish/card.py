@@ -26,13 +26,13 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline.atomic import replace_file
-from pipeline.diff import diff_versions, markdown as diff_markdown
+from pipeline.publish.diff import diff_versions, markdown as diff_markdown
 from pipeline.lineage import chain_problems
-from pipeline.report import (SUMMARY_KEYS, ches_sentence, flat_items, length_bias_sentence, model_rows, percent,
+from pipeline.publish.report import (SUMMARY_KEYS, ches_sentence, flat_items, length_bias_sentence, model_rows, percent,
                              position_bias_sentence, render_report, self_preference_sentences, summary_rows)
-from pipeline.store import read_manifest
+from pipeline.publish.store import read_manifest
 from pipeline.tables import PAIR
-from pipeline.version_stats import fmt_num, pairs_frame, version_stats
+from pipeline.publish.version_stats import fmt_num, pairs_frame, version_stats
 
 if TYPE_CHECKING:  # imported where used: they cost a build's start-up time
     from datasets import DatasetInfo
