@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.annotate.eval import annotator_engines
+from pipeline.annotate.reliability import self_preference
+from pipeline.annotate.stage import annotate_shard, judge_reliability
+from pipeline.cache import RequestCache
+from pipeline.engines.registry import open_engines
+from pipeline.generate import generate_shard
 from pipeline.lineage import CANDIDATES, CONVERSATIONS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
 from pipeline.stats import StageStats
@@ -29,17 +35,12 @@ class GenerateStage(Stage):
 
     @contextmanager
     def resources(self) -> Iterator[dict]:
-        from pipeline.cache import RequestCache
-        from pipeline.engines.registry import open_engines
-
         specs = {s.name: s.engine_spec() for s in self.recipe.generate.models}
         with lazy_engines(lambda: open_engines(specs)) as engines, \
                 RequestCache.in_work_dir(self.context.work_root) as cache:
             yield {"engines": engines, "cache": cache}
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.generate import generate_shard
-
         return generate_shard(Path(unit.inputs[0]), out, self.recipe.generate, resources["engines"].get(),
                               resources["cache"])
 
@@ -63,20 +64,13 @@ class AnnotateStage(Stage):
 
     @contextmanager
     def resources(self) -> Iterator[dict]:
-        from pipeline.annotate.eval import annotator_engines
-
         with lazy_engines(lambda: annotator_engines(self.recipe.annotate)) as engines:
             yield {"engines": engines}
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.annotate.stage import annotate_shard
-
         return annotate_shard(Path(unit.inputs[0]), out, self.recipe.annotate, resources["engines"].get())
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
-        from pipeline.annotate.reliability import self_preference
-        from pipeline.annotate.stage import judge_reliability
-
         config = self.recipe.annotate
         refs = {role: getattr(config.models, role).model for role in config.roles()}
         models: dict = {"annotator": {"method": config.method, **refs}}

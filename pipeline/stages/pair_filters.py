@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.filters.ches import ches_build, open_engine
+from pipeline.filters.length import length_shard
+from pipeline.filters.margin import margin_build
 from pipeline.lineage import PAIRS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
 from pipeline.stats import StageStats
@@ -28,8 +31,6 @@ class LengthStage(PairFilter):
     name = "length"
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.filters.length import length_shard
-
         return length_shard(Path(unit.inputs[0]), out, self.settings, self.recipe.ingest.shard_rows)
 
 
@@ -39,8 +40,6 @@ class MarginStage(PairFilter):
     outputs = "*/part-*.parquet"
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.filters.margin import margin_build
-
         return StageStats.total(self.name, margin_build([Path(s) for s in unit.inputs], out, self.settings,
                                                         self.recipe.ingest.shard_rows))
 
@@ -52,8 +51,6 @@ class ChesStage(PairFilter):
     roles = ("ches",)
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.filters.ches import ches_build, open_engine
-
         with lazy_engines(lambda: {"ches": open_engine(self.settings)}) as engines:
             scoring, kept = ches_build([Path(s) for s in unit.inputs], out, self.settings, engines.get()["ches"],
                                        self.recipe.ingest.shard_rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.lineage import CONVERSATIONS, PAIRS
+from pipeline.pairs import build_pairs, source_pairs
 from pipeline.stages.base import Stage, StageResult, Unit
 from pipeline.stages.models import AnnotateStage, GenerateStage
 from pipeline.stats import StageStats
@@ -25,8 +26,6 @@ class PairsStage(Stage):
                 for c, a in zip(earlier[GenerateStage.name], earlier[AnnotateStage.name])]
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        from pipeline.pairs import build_pairs, source_pairs
-
         rows = self.recipe.ingest.shard_rows
         if self.recipe.generate is None:
             return source_pairs(Path(unit.inputs[0]), out, rows)
