@@ -17,6 +17,12 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.exceptions import Abort, Exit
+
+try:  # typer 0.29 carries its own click
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - typer on the public click
+    from click.exceptions import UsageError
 from filelock import Timeout
 from rich.console import Console
 from rich.markup import escape
@@ -37,11 +43,21 @@ class App(typer.Typer):
 
     def __call__(self, *args, **kwargs):
         try:
-            return super().__call__(*args, **kwargs)
+            code = super().__call__(*args, standalone_mode=False, **kwargs)
+        except Exit as done:  # --help and friends
+            sys.exit(done.exit_code)
+        except UsageError as err:  # a bad flag or value: one line, then where the help is
+            command = err.ctx.command_path if err.ctx else "prefpipe"
+            if not err.format_message():  # no arguments at all: the help was shown
+                sys.exit(2)
+            fail(f"{err.format_message()} (see {command} --help)", 2)
+        except Abort:
+            fail("aborted", 1)
         except Exception as err:  # noqa: BLE001 - every failure: one line saying what to do
             if DEBUG:
                 raise
             fail(*explain(err))
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -264,7 +280,9 @@ def ingest(path: Path = typer.Argument(..., help="Input file or directory"),
         spec = InputSpec(path=str(path), format=fmt)
         config = IngestConfig(shard_rows=shard_rows, max_text_chars=max_text_chars)
     except ValidationError as err:
-        fail(str(err), 2)
+        flags = {"format": "--format", "shard_rows": "--shard-rows", "max_text_chars": "--max-text-chars"}
+        e = err.errors()[0]
+        fail(f"{flags.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']} (see prefpipe ingest --help)", 2)
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"{out_dir} is not empty", 2)
     try:
@@ -272,6 +290,10 @@ def ingest(path: Path = typer.Argument(..., help="Input file or directory"),
     except InputPathError as err:
         fail(str(err), 2)
     out.print(funnel_table([stats.to_dict()]))
+    if stats.rows_in and not stats.rows_out:
+        console.print(f"warning: all {stats.rows_in} rows were quarantined (" + ", ".join(
+            f"{r} {n}" for r, n in stats.reasons.items()) + f"): is --format {fmt} right?",
+            highlight=False, soft_wrap=True, markup=False)
     out.print(str(out_dir), soft_wrap=True, highlight=False)
 
 

@@ -118,3 +118,22 @@ def test_debug_shows_the_traceback(recipe, tmp_path):
     root.write_text("not a directory")
     proc = build(recipe, root, "--debug")
     assert proc.returncode == 1 and "Traceback (most recent call last)" in proc.stderr
+
+
+@pytest.mark.parametrize("args, says", [
+    (["build"], "missing argument 'recipe'"),
+    (["build", "r.yaml", "--bogus"], "no such option: --bogus"),
+    (["ingest", "r.yaml", "--out", "o", "--shard-rows", "many"], "invalid value for '--shard-rows'"),
+    (["ingest", __file__, "--out", "o", "--format", "hhrlhf"], "--format: input should be"),
+    (["datasets", "show", "ds@vx"], "invalid version 'vx'"),
+])
+def test_usage_errors_are_one_line(args, says, tmp_path):
+    line = one_line(cli(*args, check=False), 2)
+    assert says in line and "https://" not in line
+
+
+def test_misspelled_names_get_a_suggestion(recipe, tmp_path):
+    cli("build", str(recipe), "--data-root", str(tmp_path / "root"))
+    assert "did you mean 'ds'" in one_line(cli("datasets", "show", "dss", "--data-root", str(tmp_path / "root"),
+                                               check=False), 1)
+    assert "did you mean 'gemma3-270m'" in one_line(cli("models", "prepare", "gemma3-27m", check=False), 2)
