@@ -177,8 +177,8 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
         with StageProgress(), tags("prefpipe", f"dataset:{name}", "incremental" if incremental else "build"):
             state = flow_fn(str(recipe), str(root), force, incremental, command, return_state=True)
         if api := os.environ.get("PREFECT_API_URL"):
-            console.print(f"run: {api.rstrip('/').removesuffix('/api')}/runs/flow-run/"
-                          f"{state.state_details.flow_run_id}", highlight=False, soft_wrap=True)
+            out.print(f"run: {api.rstrip('/').removesuffix('/api')}/runs/flow-run/"
+                      f"{state.state_details.flow_run_id}", highlight=False, soft_wrap=True)
         result = state.result()
     except Exception as err:  # noqa: BLE001 - explained with the data root it wrote under
         if DEBUG:

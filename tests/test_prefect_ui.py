@@ -23,9 +23,10 @@ def test_build_run_is_named_tagged_and_logged_in_prefect(real_data, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "build", str(recipe), "--data-root",
                            str(tmp_path / "root")], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("run: http://127.0.0.1:"), proc.stderr  # no Prefect chatter
-    run_id = lines[0].rsplit("/", 1)[1]
+    assert not proc.stderr.strip(), proc.stderr  # no Prefect chatter on the terminal
+    urls = [line for line in proc.stdout.splitlines() if line.startswith("run: http://127.0.0.1:")]
+    assert len(urls) == 1, proc.stdout
+    run_id = urls[0].rsplit("/", 1)[1]
 
     api = json.loads((home / "prefpipe-server" / "state.json").read_text())["url"]
     with httpx.Client(base_url=api, timeout=30) as client:
