@@ -22,7 +22,7 @@ from flows.settings import configure
 
 configure()
 
-from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect import flow, get_run_logger, tags, task  # noqa: E402
 from prefect.runtime import flow_run  # noqa: E402
 from prefect.artifacts import create_markdown_artifact, create_table_artifact  # noqa: E402
 from prefect.tasks import exponential_backoff  # noqa: E402
@@ -177,6 +177,11 @@ def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = 
                            key, results, command, str(parent) if parent else None, str(work_root), force)
     publish_artifacts(Path(outcome["version_dir"]), published=outcome["published"])
     return outcome
+
+
+def run_tags(dataset: str, incremental: bool):
+    """The tags a build's flow run carries in Prefect's UI (a context manager around the call)."""
+    return tags("prefpipe", f"dataset:{dataset}", "incremental" if incremental else "build")
 
 
 def build_flow(dask_address: str | None = None):

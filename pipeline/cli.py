@@ -167,14 +167,13 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
     """Run the build flow for RECIPE and publish a new dataset version."""
     name = load_recipe(recipe).output.dataset  # fail before any work (and before Prefect starts)
     out.print(f"building {name} from {recipe}: connecting to Prefect ...", highlight=False, soft_wrap=True)
-    from flows.build import build_flow  # first: it points Prefect at the shared server
-    from prefect import tags
+    from flows.build import build_flow, run_tags  # it points Prefect at the shared server
 
     flow_fn = build_flow(dask_address)
     command = "prefpipe build " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     root = data_root(data_root_)
     try:
-        with StageProgress(), tags("prefpipe", f"dataset:{name}", "incremental" if incremental else "build"):
+        with StageProgress(), run_tags(name, incremental):
             state = flow_fn(str(recipe), str(root), force, incremental, command, return_state=True)
         if api := os.environ.get("PREFECT_API_URL"):
             out.print(f"run: {api.rstrip('/').removesuffix('/api')}/runs/flow-run/"
