@@ -75,8 +75,7 @@ def main() -> None:
     import torch
 
     from pipeline.engines.base import ScoreRequest
-    from pipeline.filters.ches import (ChesConfig, ches_cutoff, ches_score_shard, ches_shard,
-                                       open_engine)
+    from pipeline.filters.ches import ChesConfig, ChesCut, ches_score_shard, open_engine
     from pipeline.ingest import ingest_input
     from pipeline.pairs import source_pairs
     from pipeline.recipe import IngestConfig, InputSpec
@@ -86,10 +85,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-ches-"))
     t0 = time.perf_counter()
     ingest = ingest_input(InputSpec(path=str(args.data), format="hh_rlhf", max_rows=args.limit),
-                          IngestConfig(shard_rows=1000), work / "conv")
+                          IngestConfig(shard_rows=1000), work / "conv", stage="ingest")
     pair_stats, pair_shards = StageStats("pairs"), []
     for i, shard in enumerate(list_shards(work / "conv")):
-        pair_stats += source_pairs(shard, work / "pairs" / f"{i:05d}")
+        pair_stats += source_pairs(shard, work / "pairs" / f"{i:05d}", stage="pairs")
         pair_shards += list_shards(work / "pairs" / f"{i:05d}")
     prep_s = time.perf_counter() - t0
 
@@ -118,16 +117,16 @@ def main() -> None:
 
     # the full run: score every shard, then cut the build's top fraction
     t0 = time.perf_counter()
-    scored, score_stats = [], StageStats("ches_score")
+    scored, score_stats = [], StageStats("ches scoring")
     for i, shard in enumerate(pair_shards):
         directory = work / "scored" / f"{i:05d}"
-        score_stats += ches_score_shard(shard, directory, config, engine)
+        score_stats += ches_score_shard(shard, directory, config, engine, "ches")
         scored += list_shards(directory)
     score_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cutoff = ches_cutoff(scored, config)
-    filter_stats = StageStats.total("ches", [ches_shard(s, work / "kept" / f"{i:05d}", config, cutoff)
-                                             for i, s in enumerate(scored)])
+    cut = ChesCut(config, "ches")
+    filter_stats = StageStats.total("ches", cut.filter_build(scored, work / "kept"))
+    cutoff = cut.cutoff
     cut_s = time.perf_counter() - t0
 
     rows = list(iter_rows(scored, columns=["metadata"]))
@@ -144,7 +143,7 @@ def main() -> None:
         "pairs_per_s": round(score_stats.rows_out / score_s, 2),
         "kept": filter_stats.rows_out, "dropped": dict(filter_stats.reasons),
         "ches_normalized_quantiles": {q: float(np.quantile(norm, q)) for q in (0.05, 0.5, 0.95)},
-        "cutoff": None if cutoff is None else cutoff[0],
+        "cutoff": None if cutoff is None else cutoff[0],  # the largest score kept
         "baseline": baseline,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform()},

@@ -28,9 +28,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact  #
 from prefect.tasks import exponential_backoff  # noqa: E402
 
 from pipeline import build as B  # noqa: E402
-from pipeline import incremental  # noqa: E402
+from pipeline import incremental, progress  # noqa: E402
 from pipeline.engines.http_engine import EngineUnavailable  # noqa: E402
 from pipeline.ids import content_id  # noqa: E402
+from pipeline.lineage import expected_rows_in  # noqa: E402
 from pipeline.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.runner import run_units, units_complete  # noqa: E402
 from pipeline.stages import BuildContext, Stage, StageResult, Unit, build_stages  # noqa: E402
@@ -95,6 +96,10 @@ def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[Stage
     groups = [[u] for u in units] if stage.kind == "shard" else [units]
     log = get_run_logger()
     log.info("%s: %d unit(s) of work in %d task(s)", stage.name, len(units), len(groups))
+    expected = expected_rows_in([B.merge_stats(n, rs).to_dict() for n, rs in results.items()],
+                                {"unit_in": stage.unit_in})
+    for label in stage.progress_labels():
+        progress.expect(label, expected[0] if expected else None)
     futures = []
     for group in groups:
         task_fn = stage_task(stage.name, bool(stage.roles))
@@ -104,6 +109,8 @@ def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[Stage
         futures.append(task_fn.submit(stage=stage, units=group, key=key, work_root=str(stage.context.work_root)))
     results = [r for f in futures for r in f.result()]
     total = B.merge_stats(stage.name, results)
+    for label in stage.progress_labels():
+        progress.finish(label, total.rows_in)
     log.info("%s: read %d %s, kept %d, dropped %d %s, wrote %d %s (%d of %d unit(s) reused)", stage.name,
              total.rows_in, stage.unit_in, total.rows_out, total.rows_dropped, dict(total.reasons),
              total.outputs_written, stage.unit_out, sum(r.cached for r in results), len(results))
@@ -161,14 +168,19 @@ def build_dataset(recipe_path: str, data_root: str | None = None, force: bool = 
     versions = list_versions(root, name)
     version_dirs = [root / "datasets" / name / version_name(v) for v in versions]
     parent = version_dirs[-1] if incremental_run and versions else None
-    plans = incremental.plan_inputs(inputs, read_manifest(parent) if parent else None)
+    plans = incremental.plan_inputs(inputs, read_manifest(parent) if parent else None,
+                                    Path(recipe_path).resolve().parent)
     if parent is not None and all(p["skip"] for p in plans):
         return {"version_dir": str(parent), "published": False}
     work_root = root / "work" / name
-    context = BuildContext(work_root, version_dirs, incremental=parent is not None, plans=plans)
+    context = BuildContext(work_root, version_dirs, incremental=parent is not None, plans=plans, force=force)
+    stages = build_stages(recipe, context)
+    for stage in stages:  # checks that stop a build before any work (the annotator gate)
+        if (line := stage.preflight()) is not None:
+            get_run_logger().info("%s", line)
 
     results: dict[str, list[StageResult]] = {}
-    for stage in build_stages(recipe, context):
+    for stage in stages:
         results[stage.name] = run_stage(stage, results)
         if stage.ends_build_when_empty and sum(r.stats["outputs_written"] for r in results[stage.name]) == 0:
             return {"version_dir": str(parent), "published": False}  # nothing new since the parent

@@ -93,7 +93,9 @@ def explain(err: Exception, root: Path | None = None) -> tuple[str, int]:
 
     if isinstance(err, (RecipeError, NameError_)):
         return str(err), 2
-    if isinstance(err, (StoreError, ServerError)):
+    from pipeline.annotate.gate import GateFailed
+
+    if isinstance(err, (StoreError, ServerError, GateFailed)):
         return str(err), 1
     if isinstance(err, EngineUnavailable):
         return (f"build failed: {err}: start the engine (or fix its URL in the recipe) and rerun; "
@@ -129,25 +131,37 @@ def funnel_table(funnel: list[dict]) -> Table:
 
 
 class StageProgress:
-    """Rich progress bars fed by `pipeline.progress` reports (rows processed per stage)."""
+    """Rich progress bars fed by `pipeline.progress`: rows read per stage, with the total and the
+    time left once the flow knows how many rows the stage reads."""
 
     def __enter__(self):
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
 
         from pipeline import progress
 
-        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                             TextColumn("{task.completed:,.0f} rows"), TimeElapsedColumn(),
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                             MofNCompleteColumn(), TextColumn("rows"), TimeElapsedColumn(),
+                             TextColumn("eta"), TimeRemainingColumn(),
                              console=console, transient=True, disable=not console.is_terminal)
         self.tasks: dict[str, int] = {}
         self.bars.__enter__()
-        self.unsubscribe = progress.subscribe(self.update)
+        self.unsubscribe = progress.subscribe(self)
         return self
 
-    def update(self, stage: str, rows: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bars.add_task(stage, total=None)
-        self.bars.advance(self.tasks[stage], rows)
+    def _task(self, label: str) -> int:
+        if label not in self.tasks:
+            self.tasks[label] = self.bars.add_task(label, total=None)
+        return self.tasks[label]
+
+    def advance(self, label: str, rows: float) -> None:
+        self.bars.advance(self._task(label), rows)
+
+    def expect(self, label: str, total: int | None) -> None:
+        self.bars.update(self._task(label), total=total)
+
+    def finish(self, label: str, rows: int) -> None:
+        self.bars.update(self._task(label), total=rows, completed=rows)
 
     def __exit__(self, *exc):
         self.unsubscribe()
@@ -188,6 +202,11 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
     if result["published"]:
         out.print(funnel_table(manifest["funnel"]))
         out.print(f"published {manifest['name']}@{manifest['version']}: {manifest['rows']} rows")
+        if (ev := manifest.get("annotator_eval")) and ev.get("gate"):
+            from pipeline.annotate.gate import sentence
+
+            forced = " (forced with --force: the card says so)" if ev["gate"].get("forced") else ""
+            (console if forced else out).print(sentence(ev) + forced, highlight=False, soft_wrap=True, markup=False)
         emptied = [s for s in manifest["funnel"] if s["rows_in"] and not s["rows_out"]]
         for s in emptied:
             console.print(f"warning: stage {s['stage']} dropped every row it read ({s['rows_in']}: "
@@ -274,6 +293,7 @@ def ingest(path: Path = typer.Argument(..., help="Input file or directory"),
 
     from pipeline.ingest import ingest_input
     from pipeline.ingest.readers import InputPathError
+    from pipeline.stages.ingest import IngestStage
 
     try:
         spec = InputSpec(path=str(path), format=fmt)
@@ -285,7 +305,7 @@ def ingest(path: Path = typer.Argument(..., help="Input file or directory"),
     if out_dir.exists() and any(out_dir.iterdir()):
         fail(f"{out_dir} is not empty", 2)
     try:
-        stats = ingest_input(spec, config, out_dir)
+        stats = ingest_input(spec, config, out_dir, stage=IngestStage.name)
     except InputPathError as err:
         fail(str(err), 2)
     out.print(funnel_table([stats.to_dict()]))
@@ -346,6 +366,29 @@ def card(ref: str = typer.Argument(..., help="NAME@vN (or NAME for the latest)")
         fail(f"cannot write the card of {path}: {err.strerror or err}", 1)
     for name, was_changed in changed.items():
         out.print(f"{'rewrote' if was_changed else 'unchanged'} {path / name}", soft_wrap=True, highlight=False)
+
+
+# --- review: a page for people to label sampled pairs (the body lives in pipeline/review/) ---
+@app.command()
+def review(ref: str = typer.Argument(..., help="NAME@vN (or NAME for the latest)"),
+           sample: int = typer.Option(100, "--sample", min=1, help="Pairs in the sample"),
+           reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Who labels (default: your user name)"),
+           port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0: any free one)"),
+           seed: int = typer.Option(0, "--seed", help="Seed of the sample and of the left/right order"),
+           report: bool = typer.Option(False, "--report", help="Print the humans' agreement with the pairs"),
+           export: Optional[Path] = typer.Option(None, "--export", help="Write the labels as a gold JSONL "
+                                                 "for eval-annotator --gold"),
+           as_json: bool = typer.Option(False, "--json", help="--report as JSON"),
+           data_root_: Optional[Path] = DataRoot):
+    """Label a stratified sample of a version's pairs in a local web page; --report, --export."""
+    from pipeline.review.command import review as run_review
+    from pipeline.review.records import ReviewError
+
+    try:
+        run_review(_resolve_version(ref, data_root_), data_root(data_root_), sample, reviewer, port, seed,
+                   report, export, as_json)
+    except ReviewError as err:
+        fail(str(err), err.code)
 
 
 @datasets_app.command("diff")

@@ -6,6 +6,7 @@ Stage modules define their config as `Strict` subclasses here-importable without
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -41,13 +42,52 @@ class IngestConfig(Strict):
     max_line_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Longer raw lines are quarantined")
 
 
-def format_error(source: str, err: ValidationError, section: str = "") -> str:
+def _schema_nodes(node: dict, defs: dict) -> list[dict]:
+    """The object schemas `node` may be ($ref resolved, unions spread)."""
+    while "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    alternatives = node.get("anyOf") or node.get("oneOf")
+    return [n for alt in alternatives for n in _schema_nodes(alt, defs)] if alternatives else [node]
+
+
+def known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys `model` accepts in the mapping at `loc` (parts that name no field, such as a union
+    member's tag, are passed over)."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    nodes = [schema]
+    for part in loc:
+        step = []
+        for node in (n for x in nodes for n in _schema_nodes(x, defs)):
+            if isinstance(part, int) and "items" in node:
+                step.append(node["items"])
+            elif isinstance(part, str) and part in node.get("properties", {}):
+                step.append(node["properties"][part])
+            elif isinstance(part, str) and isinstance(node.get("additionalProperties"), dict):
+                step.append(node["additionalProperties"])
+        nodes = step or nodes
+    return sorted({k for x in nodes for n in _schema_nodes(x, defs) for k in n.get("properties", {})})
+
+
+def _unknown_key(model: type[BaseModel] | None, loc: tuple) -> str:
+    if model is None or not loc or not isinstance(loc[-1], str):
+        return "unknown key"
+    keys = known_keys(model, loc[:-1])
+    close = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key (known here: {', '.join(keys)})" if keys else "unknown key"
+
+
+def format_error(source: str, err: ValidationError, section: str = "",
+                 model: type[BaseModel] | None = None) -> str:
     """One line per validation error: `FILE: dotted.field: message` (fields of `section` when
-    only that section of the recipe was validated)."""
+    only that section of the recipe was validated). With `model`, an unknown key names the key
+    it is closest to, or the keys allowed there."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in (section, *e["loc"]) if p != "") or "(top level)"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = _unknown_key(model, e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{source}: {loc}: {msg}")
     return "\n".join(lines)
 

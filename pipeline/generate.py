@@ -36,7 +36,6 @@ from pipeline.tables import CANDIDATE
 
 log = logging.getLogger(__name__)
 
-STAGE = "generate"
 ON_POLICY = "on_policy"
 OFF_POLICY = "off_policy"
 
@@ -208,17 +207,17 @@ def output_name(in_shard: Path) -> str:
 
 
 def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
-                   engines: dict[str, Engine], cache: RequestCache) -> StageStats:
+                   engines: dict[str, Engine], cache: RequestCache, *, stage: str) -> StageStats:
     """Conversation shard -> one candidate shard (`out_dir/part-*.parquet`) + dropped rows."""
     for spec in config.models:
         if spec.name not in engines:
-            raise ValueError(f"generate: no engine opened for model {spec.name!r}")
+            raise ValueError(f"{stage}: no engine opened for model {spec.name!r}")
         require(spec.name, engines[spec.name].capabilities, {GENERATE})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats = StageStats(STAGE)
-    dropped = DroppedWriter(out_dir, STAGE)
-    dropped.prefix = f"dropped-{STAGE}-{Path(in_shard).stem}"
+    stats = StageStats(stage)
+    dropped = DroppedWriter(out_dir, stage)
+    dropped.prefix = f"dropped-{stage}-{Path(in_shard).stem}"
 
     # plan: one job per (conversation, model, sample)
     conversations: list[tuple[dict, list[tuple[GeneratorSpec, int, SamplingParams, str]]]] = []
@@ -254,7 +253,7 @@ def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
             ready = sum(all(key in results or key in failures for *_, key in planned)
                         for _, planned in conversations)
             if ready > finished:
-                report(STAGE, ready - finished)
+                report(stage, ready - finished)
                 finished = ready
 
     # assemble: all candidates of a conversation, in a fixed order
@@ -280,7 +279,7 @@ def generate_shard(in_shard: Path, out_dir: Path, config: GenerateConfig,
         rows.extend(candidates)
         stats.keep(outputs=len(candidates))
     if stats.rows_in > finished:
-        report(STAGE, stats.rows_in - finished)
+        report(stage, stats.rows_in - finished)
 
     pq.write_table(pa.Table.from_pylist(rows, schema=CANDIDATE), out_dir / output_name(in_shard),
                    compression="zstd")

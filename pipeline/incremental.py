@@ -16,11 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.ingest.readers import JSON_SUFFIXES, is_json_array
+from pipeline.publish.paths import absolute
 from pipeline.shards import DroppedWriter, ShardWriter, iter_rows
 from pipeline.stats import StageStats
 from pipeline.tables import CONVERSATION
 
-STAGE = "incremental"
 IDS_FILE = "index/conversation_ids.parquet"
 
 
@@ -59,8 +59,9 @@ def plan_input(current: dict, previous: dict | None) -> dict:
     return plan
 
 
-def plan_inputs(inputs: list[dict], parent_manifest: dict | None) -> list[dict]:
-    previous = {i["path"]: i for i in (parent_manifest or {}).get("inputs", [])}
+def plan_inputs(inputs: list[dict], parent_manifest: dict | None, recipe_dir: Path) -> list[dict]:
+    """Each input's plan; the parent's inputs are matched by path (theirs are relative to `recipe_dir`)."""
+    previous = {absolute(i["path"], recipe_dir): i for i in (parent_manifest or {}).get("inputs", [])}
     return [plan_input(i, previous.get(i["path"])) for i in inputs]
 
 
@@ -73,11 +74,11 @@ def seen_ids(version_dirs: list[Path]) -> set[str]:
     return seen
 
 
-def drop_seen(in_shard: Path, out_dir: Path, seen: set[str], shard_rows: int) -> StageStats:
+def drop_seen(in_shard: Path, out_dir: Path, seen: set[str], shard_rows: int, *, stage: str) -> StageStats:
     """Drop conversations an earlier version already holds."""
-    stats = StageStats(STAGE)
+    stats = StageStats(stage)
     out = ShardWriter(out_dir, CONVERSATION, shard_rows=shard_rows)
-    dropped = DroppedWriter(out_dir, STAGE, shard_rows=shard_rows)
+    dropped = DroppedWriter(out_dir, stage, shard_rows=shard_rows)
     for row in iter_rows(in_shard):
         if row["id"] in seen:
             dropped.drop("seen_in_earlier_version", row=row, source=row["source"],

@@ -72,7 +72,7 @@ def unaccounted(ingested: list[Path], published: list[Path], dropped: list[Path]
 
 def where_lost(missing: set[str], stages: dict[str, list[Path]]) -> str:
     """The stage after which the missing ids vanish: the last stage whose output still had them."""
-    last = "ingest"
+    last = next(iter(stages), "?")  # the first stage
     for stage, paths in stages.items():
         if missing & set(conversation_ids(paths)):
             last = stage

@@ -38,7 +38,6 @@ from pipeline.shards import DEFAULT_SHARD_ROWS, DroppedWriter, ShardWriter, iter
 from pipeline.stats import StageStats
 from pipeline.tables import PAIR, SCORED_CANDIDATE
 
-STAGE = "pairs"
 RULES = ("source", "best_vs_worst", "best_vs_random_lower", "all_above_margin", "pairwise_winners")
 
 # All candidates of the pair stage's input with their annotation: the `candidates` table.
@@ -72,11 +71,11 @@ def logit_margin(normalized: float | None) -> float:
     return math.log(p / (1.0 - p))
 
 
-def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000) -> StageStats:
+def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000, *, stage: str) -> StageStats:
     """One pair per conversation from the source's own `chosen`/`rejected` responses."""
-    stats = StageStats(STAGE)
+    stats = StageStats(stage)
     out = ShardWriter(out_dir, PAIR, shard_rows=shard_rows)
-    dropped = DroppedWriter(out_dir, STAGE, shard_rows=shard_rows)
+    dropped = DroppedWriter(out_dir, stage, shard_rows=shard_rows)
     for conv in iter_rows(in_shard):
         by_label = {r["label"]: r for r in conv["responses"]}
         chosen, rejected = by_label.get("chosen"), by_label.get("rejected")
@@ -105,7 +104,7 @@ def source_pairs(in_shard: Path, out_dir: Path, shard_rows: int = 1000) -> Stage
             "metadata": conv["metadata"],
         })
         stats.keep()
-    report(STAGE, stats.rows_in)
+    report(stage, stats.rows_in)
     out.close()
     dropped.close()
     return stats.check()
@@ -281,7 +280,7 @@ def _pair_row(conv_id: str, chosen: dict, rejected: dict, rule: str, p_win: floa
 
 def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: Path,
                 config: PairsConfig, comparison_shard: Path | None = None,
-                shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
+                shard_rows: int = DEFAULT_SHARD_ROWS, *, stage: str) -> StageStats:
     """Scored candidates of one shard -> `part-*.parquet` pairs, `candidates-*.parquet` (every
     candidate with its score) and `dropped-pairs-*.parquet` (conversations that gave no pair).
 
@@ -292,10 +291,10 @@ def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: P
         raise ValueError("rule 'source' pairs conversations, not candidates: use source_pairs")
     if config.rule == "pairwise_winners" and comparison_shard is None:
         raise ValueError("rule 'pairwise_winners' needs the comparison shard")
-    stats = StageStats(STAGE)
+    stats = StageStats(stage)
     out = ShardWriter(out_dir, PAIR, shard_rows=shard_rows)
     table = ShardWriter(out_dir, SCORED_CANDIDATE, prefix="candidates", shard_rows=shard_rows)
-    dropped = DroppedWriter(out_dir, STAGE, shard_rows=shard_rows)
+    dropped = DroppedWriter(out_dir, stage, shard_rows=shard_rows)
     annotations = _load_annotations(annotation_shard)
     comparisons = (_by_conversation(iter_rows(comparison_shard))
                    if comparison_shard is not None else {})
@@ -344,7 +343,7 @@ def build_pairs(candidate_shard: Path, annotation_shard: Path | None, out_dir: P
                 stats.drop(reason)
         for c in scored:
             table.write({k: c[k] for k in SCORED_CANDIDATE.names})
-    report(STAGE, stats.rows_in)
+    report(stage, stats.rows_in)
     out.close()
     table.close()
     dropped.close()

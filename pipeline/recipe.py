@@ -44,6 +44,7 @@ PATH_FIELDS: dict[str, str | None] = {
     "decontam.cache_dir": None,
     "annotate.templates.pointwise": "file",
     "annotate.templates.pairwise": "file",
+    "annotate.gate.gold": "file",
 }
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
@@ -131,6 +132,8 @@ class Recipe(Strict):
     def stage_config(self, *sections: str) -> str:
         """Canonical JSON of some recipe sections: part of a stage's cache key."""
         data = self.resolved()
+        if data.get("annotate"):  # the gate decides whether a stage runs, never what it writes
+            data["annotate"] = {k: v for k, v in data["annotate"].items() if k != "gate"}
         return canonical_json({s: data.get(s) for s in sections})
 
 
@@ -191,7 +194,7 @@ def _validate(model: type[M], data: dict, source: str, base_dir: Path | None, ch
     try:
         result = model.model_validate(data[section] if section else data)
     except ValidationError as err:
-        raise RecipeError(format_error(source, err, section)) from None
+        raise RecipeError(format_error(source, err, section, model)) from None
     for loc, path, written, must_exist in paths:
         if (problem := _path_problem(path, must_exist)) is not None:
             raise RecipeError(f"{source}: {loc}: {problem}: {written}")

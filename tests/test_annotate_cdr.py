@@ -63,7 +63,7 @@ def annotations(out_dir) -> pl.DataFrame:
 
 def test_strong_equal_to_weak_gives_exactly_zero(tmp_path, autoj_candidate_shard, strong, strong_again):
     stats = annotate_shard(autoj_candidate_shard, tmp_path, cdr_config(),
-                           {"strong": strong, "weak": strong_again})
+                           {"strong": strong, "weak": strong_again}, stage="annotate")
     df = annotations(tmp_path)
     assert df.height == 12 and stats.rows_out == 12
     assert df["score"].to_list() == [0.0] * 12
@@ -71,9 +71,29 @@ def test_strong_equal_to_weak_gives_exactly_zero(tmp_path, autoj_candidate_shard
     assert all(d["strong_logprob"] < 0 and d["strong_logprob"] == d["weak_logprob"] for d in details)
 
 
+def test_density_ratio_reports_progress_batch_by_batch(tmp_path, autoj_candidate_shard, strong, weak):
+    from pipeline import progress
+
+    class Seen:
+        steps: list[float] = []
+
+        def advance(self, label, rows):
+            assert label == "annotate"
+            self.steps.append(rows)
+
+    unsubscribe = progress.subscribe(Seen())
+    try:
+        stats = annotate_shard(autoj_candidate_shard, tmp_path, cdr_config(batch_size=4),
+                               {"strong": strong, "weak": weak}, stage="annotate")
+    finally:
+        unsubscribe()
+    # 12 candidates in batches of 4, through both models: six steps of 2 candidates' worth, then nothing left
+    assert Seen.steps[:6] == [2.0] * 6 and sum(Seen.steps) == stats.rows_in == 12
+
+
 def test_reward_matches_hand_computed_log_prob_sums(tmp_path, autoj_candidate_shard, strong, weak,
                                                     tiny_model_dir, tiny_weak_model_dir):
-    annotate_shard(autoj_candidate_shard, tmp_path, cdr_config(), {"strong": strong, "weak": weak})
+    annotate_shard(autoj_candidate_shard, tmp_path, cdr_config(), {"strong": strong, "weak": weak}, stage="annotate")
     scored = {r["candidate_id"]: r for r in iter_rows(list_shards(tmp_path))}
     signs = set()
     for cand in list(iter_rows(autoj_candidate_shard))[:4]:
@@ -90,7 +110,7 @@ def test_criteria_go_to_the_strong_model_only_and_length_normalisation(
         tmp_path, autoj_candidate_shard, strong, weak, tiny_model_dir, tiny_weak_model_dir):
     criteria = Criteria(default="Prefer concise, correct answers.")
     config = cdr_config(criteria=criteria, length_norm="tokens")
-    annotate_shard(autoj_candidate_shard, tmp_path, config, {"strong": strong, "weak": weak})
+    annotate_shard(autoj_candidate_shard, tmp_path, config, {"strong": strong, "weak": weak}, stage="annotate")
     cand = next(iter_rows(autoj_candidate_shard))
     row = next(r for r in iter_rows(list_shards(tmp_path)) if r["candidate_id"] == cand["candidate_id"])
     d = json.loads(row["details"])
@@ -120,7 +140,7 @@ def test_reward_model_scores_match_a_forward_pass(tmp_path, autoj_candidate_shar
 
     engine = _engine(tiny_reward_model_dir, "tiny-rm")
     config = AnnotateConfig(method="reward_model", models={"reward": {"model": "rm"}})
-    annotate_shard(autoj_candidate_shard, tmp_path, config, {"reward": engine})
+    annotate_shard(autoj_candidate_shard, tmp_path, config, {"reward": engine}, stage="annotate")
     df = annotations(tmp_path)
     assert df["annotator"][0] == "rm:tiny-rm" and set(df["status"]) == {"ok"}
     cand = next(iter_rows(autoj_candidate_shard))

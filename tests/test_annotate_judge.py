@@ -60,7 +60,7 @@ def read(out_dir, prefix="part") -> pl.DataFrame:
 def test_a_judge_that_prefers_position_one_yields_only_ties(tmp_path, autoj_candidate_shard,
                                                             position_one_engine, expectation):
     config = judge_config("judge_pairwise", max_tokens=1, rationale=False, expectation=expectation)
-    stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": position_one_engine})
+    stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": position_one_engine}, stage="annotate")
 
     comparisons = read(tmp_path, "comparison")
     assert comparisons.height == 6  # one pair per conversation
@@ -86,7 +86,7 @@ def test_single_order_judging_hands_every_pair_to_position_one(tmp_path, autoj_c
                                                                position_one_engine):
     config = judge_config("judge_pairwise", max_tokens=1, rationale=False, both_orders=False,
                           expectation=False)
-    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": position_one_engine})
+    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": position_one_engine}, stage="annotate")
     comparisons = read(tmp_path, "comparison")
     assert comparisons["verdict"].to_list() == ["a"] * 6
     assert comparisons["verdict_ba"].null_count() == 6
@@ -98,7 +98,7 @@ def test_single_order_judging_hands_every_pair_to_position_one(tmp_path, autoj_c
 def test_expectation_score_equals_the_engines_rating_probabilities(tmp_path, autoj_candidate_shard,
                                                                    rates_four_engine):
     config = judge_config("judge_pointwise", max_tokens=1, rationale=False, rating_max=5)
-    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": rates_four_engine})
+    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": rates_four_engine}, stage="annotate")
     annotations = read(tmp_path)
     assert set(annotations["status"]) == {"ok"}
     assert set(annotations["score_argmax"]) == {4.0}
@@ -117,7 +117,7 @@ def test_expectation_score_equals_the_engines_rating_probabilities(tmp_path, aut
 def test_per_aspect_ratings_are_kept(tmp_path, autoj_candidate_shard, rates_four_engine):
     config = judge_config("judge_pointwise", max_tokens=1, rationale=False, expectation=False,
                           aspects=["helpfulness", "honesty"])
-    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": rates_four_engine})
+    annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": rates_four_engine}, stage="annotate")
     first = read(tmp_path).row(0, named=True)
     aspects = json.loads(first["aspects"])
     assert set(aspects) == {"helpfulness", "honesty"}
@@ -130,7 +130,7 @@ def test_unparseable_judge_outputs_are_failed_annotations_never_default_scores(
         tmp_path, autoj_candidate_shard, tiny_engine):
     """The random tiny model writes noise: whatever it wrote is kept; nothing is invented."""
     config = judge_config("judge_pointwise", max_tokens=12, retries=2)
-    stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": tiny_engine})
+    stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": tiny_engine}, stage="annotate")
     annotations = read(tmp_path)
     dropped = pl.read_parquet(list_shards(tmp_path, "dropped-annotate"))
     failed = annotations.filter(pl.col("status") == "failed")
@@ -157,7 +157,7 @@ def test_judge_that_also_generated_candidates_is_flagged(tmp_path, real_data, po
         candidate_row("c1", prompt, row["response 1"], "position-one-judge", origin="on_policy"),
         candidate_row("c1", prompt, row["response 2"], "other-model", origin="on_policy", index=1)])
     config = judge_config("judge_pairwise", max_tokens=1, rationale=False)
-    annotate_shard(shard, tmp_path / "out", config, {"judge": position_one_engine})
+    annotate_shard(shard, tmp_path / "out", config, {"judge": position_one_engine}, stage="annotate")
     summary = json.loads((tmp_path / "out" / "annotate_stats.json").read_text())
     assert summary["self_preference"] == [
         "judge model 'position-one-judge' also generated candidates (self-preference bias)"]
@@ -170,7 +170,7 @@ def test_single_and_empty_candidates_are_failed_with_a_reason(tmp_path, position
         candidate_row("c1", prompt, "Hi!", "m"),
         candidate_row("c2", prompt, "Hello.", "m"), candidate_row("c2", prompt, "   ", "m", index=1)])
     config = judge_config("judge_pairwise", max_tokens=1, rationale=False)
-    stats = annotate_shard(shard, tmp_path / "out", config, {"judge": position_one_engine})
+    stats = annotate_shard(shard, tmp_path / "out", config, {"judge": position_one_engine}, stage="annotate")
     assert stats.rows_in == 3 and stats.rows_dropped == 3
     assert dict(stats.reasons) == {"single_candidate": 2, "empty_response": 1}
     annotations = read(tmp_path / "out")

@@ -20,7 +20,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from pipeline.publish.card import content_warnings, funnel_checks, rebuild, render, size_category, source_datasets
+from pipeline.publish.card import content_warnings, funnel_checks, render, size_category, source_datasets
+from pipeline.publish.paths import rebuild_command
 from pipeline.cli import app
 from pipeline.publish.diff import diff_versions
 from pipeline.ids import file_sha256
@@ -367,22 +368,25 @@ def test_card_states_content_warnings_and_citations_of_known_sources(card_versio
 def test_no_absolute_local_path_in_the_card_or_the_report(card_versions, scored_version, real_data, ref):
     version = scored_version if ref == "scored" else card_versions[ref]
     manifest = read_manifest(version)
-    assert os.path.isabs(manifest["recipe_path"]) and str(card_versions["work"]) in manifest["command"]
-    for name in ("README.md", "report.html"):
-        text = (version / name).read_text()
+    texts = [p for p in version.rglob("*") if p.suffix in (".md", ".html", ".json", ".yaml")]
+    assert {"README.md", "report.html", "manifest.json"} <= {p.name for p in texts}
+    for name in texts:
+        text = name.read_text()
         for local in (card_versions["root"], card_versions["work"], version.parents[2], real_data):
             assert str(local) not in text, (name, local)
         assert absolute_paths(text) == [], name
     readme = (version / "README.md").read_text()
     command = re.search(r"```sh\n(.*)\n```", readme).group(1)
-    assert command == f"prefpipe build {os.path.relpath(manifest['recipe_path'], version.parents[2])} --data-root ."
+    assert command == manifest["command"] == f"prefpipe build {manifest['recipe_path']} --data-root ."
+    recipe_file = version.parents[2] / manifest["recipe_path"]  # relative to the data root, and there
+    assert not os.path.isabs(manifest["recipe_path"]) and recipe_file.resolve().is_file()
     recipe = yaml.safe_load(readme.split("relative to its directory:\n\n```yaml\n")[1].split("\n```")[0])
-    assert recipe["inputs"][0]["path"] == Path(manifest["inputs"][0]["path"]).name
+    assert recipe["inputs"][0]["path"] == manifest["inputs"][0]["path"] == Path(manifest["inputs"][0]["path"]).name
+    assert (recipe_file.parent / recipe["inputs"][0]["path"]).is_file()  # relative to the recipe's directory
 
 
 def test_rebuild_command_never_names_an_absolute_path(card_versions):
-    version = card_versions["hh@v2"]
-    root, manifest = card_versions["root"], read_manifest(version)
+    root = card_versions["root"]
     recipe = card_versions["work"] / "r.yaml"
     typed = {  # command as typed -> (recipe_path recorded, where to run it, command in the card)
         f"prefpipe build {recipe} --data-root {root}": (str(recipe), "from the data root",
@@ -396,5 +400,5 @@ def test_rebuild_command_never_names_an_absolute_path(card_versions):
                                                "prefpipe build data/recipes/r.yaml"),
     }
     for command, (recipe_path, where, expected) in typed.items():
-        got_where, got = rebuild({**manifest, "command": command, "recipe_path": recipe_path}, version)
+        got_where, got = rebuild_command(command, recipe_path, root)
         assert got == expected and got_where.startswith(where), command

@@ -8,10 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.filters.ches import (ChesConfig, ches, ches_build, ches_cutoff, ches_score_shard,
-                                   ches_shard)
-from pipeline.filters.length import LengthConfig, length_bias, length_shard
-from pipeline.filters.margin import MarginConfig, budget_cutoff, margin_build, margin_shard
+from pipeline.filters.ches import ChesConfig, ChesCut, ches, ches_build, ches_score_shard
+from pipeline.filters.length import LengthConfig, LengthGuard, length_bias
+from pipeline.filters.margin import MarginConfig, MarginCut
 from pipeline.ingest import ingest_input
 from pipeline.pairs import PairsConfig, build_pairs, source_pairs
 from pipeline.recipe import IngestConfig, InputSpec
@@ -45,7 +44,7 @@ def scored_pair_shards(tmp_path):
             for i, scores in enumerate(convs)}
         base = tmp_path / f"h{half}"
         c, a = write_shards(base, conversations)
-        build_pairs(c, a, base / "pairs", PairsConfig(rule="all_above_margin", tau=0.5))
+        build_pairs(c, a, base / "pairs", PairsConfig(rule="all_above_margin", tau=0.5), stage="pairs")
         shards += list_shards(base / "pairs")
     return shards
 
@@ -58,7 +57,7 @@ def test_margin_budget_keeps_exactly_the_n_smallest_with_deterministic_ties(tmp_
     assert margins[budget - 1] == margins[budget]  # the cut falls inside a run of equal margins
 
     config = MarginConfig(budget=budget)
-    stats = margin_build(scored_pair_shards, tmp_path / "m", config)
+    stats = MarginCut(config, "margin").filter_build(scored_pair_shards, tmp_path / "m")
     kept = [p for d in sorted((tmp_path / "m").iterdir()) for p in rows(d)]
     expected = sorted(every, key=lambda p: (p["score_margin"], p["pair_id"]))[:budget]
     assert [p["pair_id"] for p in sorted(kept, key=lambda p: (p["score_margin"], p["pair_id"]))] == [
@@ -67,7 +66,7 @@ def test_margin_budget_keeps_exactly_the_n_smallest_with_deterministic_ties(tmp_
     assert sum(s.reasons["over_budget"] for s in stats) == len(every) - budget
 
     # the same selection whatever the shard order
-    again = margin_build(list(reversed(scored_pair_shards)), tmp_path / "r", config)
+    again = MarginCut(config, "margin").filter_build(list(reversed(scored_pair_shards)), tmp_path / "r")
     kept_again = {p["pair_id"] for d in (tmp_path / "r").iterdir() for p in rows(d)}
     assert kept_again == {p["pair_id"] for p in expected}
     assert sum(s.rows_in for s in again) == len(every)
@@ -79,7 +78,7 @@ def rows_of(shards):
 
 def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
     shard = scored_pair_shards[0]
-    stats = margin_shard(shard, tmp_path / "abs", MarginConfig(min_margin=1.5, max_margin=5.0))
+    stats = MarginCut(MarginConfig(min_margin=1.5, max_margin=5.0), "margin").filter_shard(shard, tmp_path / "abs")
     for p in rows(tmp_path / "abs"):
         assert 1.5 <= p["score_margin"] <= 5.0
     dropped = rows(tmp_path / "abs", "dropped-margin")
@@ -89,7 +88,7 @@ def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
     assert stats.rows_in == len(rows_of([shard])) == stats.rows_out + len(dropped)
     assert {"margin_below_min", "margin_above_max"} <= set(stats.reasons)
 
-    margin_shard(shard, tmp_path / "norm", MarginConfig(min_margin=0.5, normalized=True))
+    MarginCut(MarginConfig(min_margin=0.5, normalized=True), "margin").filter_shard(shard, tmp_path / "norm")
     for p in rows(tmp_path / "norm"):
         assert meta(p)["margin_normalized"] >= 0.5
     # first conversation [9, 7, 7, 4, 1]: 9 vs 4 is 5/8 of the spread, 7 vs 4 only 3/8
@@ -98,7 +97,7 @@ def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
     assert (9.0, 4.0) in kept and (7.0, 4.0) not in kept
 
     with pytest.raises(ValueError, match="cutoff"):
-        margin_shard(shard, tmp_path / "x", MarginConfig(budget=3))
+        MarginCut(MarginConfig(budget=3), "margin").filter_shard(shard, tmp_path / "x")
     with pytest.raises(ValueError):
         MarginConfig(min_margin=3, max_margin=1)
 
@@ -106,9 +105,9 @@ def test_margin_min_max_and_normalised(tmp_path, scored_pair_shards):
 def test_margin_filter_drops_pairs_without_scores(tmp_path, hh_pairs):
     # source pairs: no score margin, and TRL's margin is 0.0 (never null)
     assert {(p["score_margin"], p["margin"]) for p in rows_of(hh_pairs)} == {(None, 0.0)}
-    stats = margin_shard(hh_pairs[0], tmp_path / "m", MarginConfig(min_margin=0.0))
+    stats = MarginCut(MarginConfig(min_margin=0.0), "margin").filter_shard(hh_pairs[0], tmp_path / "m")
     assert stats.rows_out == 0 and stats.reasons["margin_missing"] == stats.rows_in > 0
-    assert budget_cutoff(hh_pairs, MarginConfig(budget=1)) is None  # nothing eligible to rank
+    assert MarginCut(MarginConfig(budget=1), "margin").prepare(hh_pairs) is None  # nothing eligible to rank
 
 
 # --- length guard -----------------------------------------------------------------------------
@@ -130,7 +129,7 @@ def test_length_guard_and_length_bias(tmp_path):
         ("same size", "size same"),
         ("twice as long", "half long"),  # 13 vs 9
     ])
-    stats = length_shard(shards[0], tmp_path / "g", LengthConfig(max_ratio=2.0))
+    stats = LengthGuard(LengthConfig(max_ratio=2.0), "length").filter_shard(shards[0], tmp_path / "g")
     dropped = rows(tmp_path / "g", "dropped-length")
     assert [json.loads(d["row"])["pair_id"] for d in dropped] == ["p0"]
     assert dropped[0]["reason"] == "length_ratio" and stats.rows_out == 3
@@ -151,10 +150,10 @@ def hh_pairs(tmp_path_factory, real_data):
     """Source pairs of the first 40 real hh-rlhf harmless test rows, in two shards."""
     base = tmp_path_factory.mktemp("hh")
     src = hh_slice(real_data, base / "hh.jsonl", 40)
-    ingest_input(InputSpec(path=str(src), format="hh_rlhf"), IngestConfig(shard_rows=20), base / "conv")
+    ingest_input(InputSpec(path=str(src), format="hh_rlhf"), IngestConfig(shard_rows=20), base / "conv", stage="ingest")
     shards = []
     for i, conv in enumerate(list_shards(base / "conv")):
-        source_pairs(conv, base / f"pairs{i}")
+        source_pairs(conv, base / f"pairs{i}", stage="pairs")
         shards += list_shards(base / f"pairs{i}")
     return shards
 
@@ -187,7 +186,7 @@ def test_ches_matches_a_direct_computation_from_output_hidden_states(tmp_path, t
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype="float32").eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    stats = ches_score_shard(hh_pairs[0], tmp_path / "s", ChesConfig(requests_per_call=5), tiny_engine)
+    stats = ches_score_shard(hh_pairs[0], tmp_path / "s", ChesConfig(requests_per_call=5), tiny_engine, "ches")
     scored = rows(tmp_path / "s")
     assert stats.rows_in == stats.rows_out == len(scored) == len(rows_of(hh_pairs[:1]))
     for pair in scored[:8]:
@@ -238,7 +237,7 @@ def test_ches_identical_responses_zero_and_near_duplicates_above_unrelated(tiny_
 
 def test_ches_top_fraction_is_cut_over_the_whole_build(tmp_path, tiny_engine, hh_pairs):
     config = ChesConfig(top_fraction=0.25)
-    score_stats, kept_stats = ches_build(hh_pairs, tmp_path / "c", config, tiny_engine)
+    score_stats, kept_stats = ches_build(hh_pairs, tmp_path / "c", config, tiny_engine, "ches")
     scored = rows_of(sorted((tmp_path / "c" / "scored").rglob("part-*.parquet")))
     n = len(scored)
     assert score_stats.rows_in == n == sum(s.rows_in for s in kept_stats)
@@ -255,7 +254,8 @@ def test_ches_top_fraction_is_cut_over_the_whole_build(tmp_path, tiny_engine, hh
     scored_shards = sorted((tmp_path / "c" / "scored").rglob("part-*.parquet"))
     threshold = meta(ranked[n // 2])["ches_normalized"]
     only = ChesConfig(top_fraction=None, threshold=threshold)
-    assert ches_cutoff(scored_shards, only) is None
-    stats = [ches_shard(s, tmp_path / "t" / str(i), only, None) for i, s in enumerate(scored_shards)]
+    cut = ChesCut(only, "ches")
+    assert cut.prepare(scored_shards) is None
+    stats = [cut.filter_shard(s, tmp_path / "t" / str(i)) for i, s in enumerate(scored_shards)]
     above = sum(meta(p)["ches_normalized"] > threshold for p in scored)
     assert sum(s.reasons["ches_above_threshold"] for s in stats) == above > 0

@@ -82,7 +82,7 @@ def run_ingest(data: bytes, name: str, fmt: str = "auto", max_line_bytes: int = 
         path = Path(d) / name
         path.write_bytes(data)
         stats = ingest_input(InputSpec(path=str(path), format=fmt),
-                             IngestConfig(max_text_chars=200, max_line_bytes=max_line_bytes), Path(d) / "out")
+                             IngestConfig(max_text_chars=200, max_line_bytes=max_line_bytes), Path(d) / "out", stage="ingest")
         kept = sum(pl.read_parquet(p).height for p in list_shards(Path(d) / "out"))
         dropped = pl.concat([pl.read_parquet(p) for p in (Path(d) / "out").glob("dropped-*.parquet")]) \
             if stats.rows_dropped else pl.DataFrame({"reason": []})

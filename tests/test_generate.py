@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _conversations(real_data: Path, out: Path, name: str, rows: int) -> Path:
-    ingest_input(InputSpec(path=str(real_data / name), max_rows=rows), IngestConfig(), out)
+    ingest_input(InputSpec(path=str(real_data / name), max_rows=rows), IngestConfig(), out, stage="ingest")
     (shard,) = list_shards(out)
     return shard
 
@@ -66,10 +66,10 @@ def test_generate_through_faults_equals_fault_free_run(fault_server_factory, hh_
 
     with _engine([s.url for s in faulty]) as engine:
         cache = RequestCache(tmp_path / "faulty.sqlite")
-        stats = generate_shard(hh_shard, tmp_path / "faulty", config, {"srv": engine}, cache)
+        stats = generate_shard(hh_shard, tmp_path / "faulty", config, {"srv": engine}, cache, stage="generate")
     with _engine([clean.url]) as engine:
         clean_stats = generate_shard(hh_shard, tmp_path / "clean", config, {"srv": engine},
-                                     RequestCache(tmp_path / "clean.sqlite"))
+                                     RequestCache(tmp_path / "clean.sqlite"), stage="generate")
 
     # every kind of fault was served, on both servers of the fleet, and retried through
     for kind in ("500", "429", "stall", "drop", "malformed"):
@@ -105,7 +105,7 @@ def test_generate_through_faults_equals_fault_free_run(fault_server_factory, hh_
     served = clean.count("ok")
     with _engine([clean.url]) as engine:
         again = RequestCache(tmp_path / "faulty.sqlite")
-        generate_shard(hh_shard, tmp_path / "again", config, {"srv": engine}, again)
+        generate_shard(hh_shard, tmp_path / "again", config, {"srv": engine}, again, stage="generate")
     assert clean.count("ok") == served
     assert (again.hits, again.misses) == (8 * 3, 0)
     assert _candidates(tmp_path / "again") == got
@@ -119,7 +119,7 @@ def test_generate_fails_clearly_when_server_stays_down(fault_server_factory, hh_
     with _engine([server.url], max_attempts=4) as engine:
         with pytest.raises(EngineUnavailable, match=r"gave up .* after 4 attempts.*HTTP 503"):
             generate_shard(hh_shard, tmp_path / "out", config, {"srv": engine},
-                           RequestCache(tmp_path / "c.sqlite"))
+                           RequestCache(tmp_path / "c.sqlite"), stage="generate")
     assert time.monotonic() - start < 120  # an error, not a hang (generous bound)
     assert server.count("down") >= 4
     assert list_shards(tmp_path / "out") == []  # nothing half-written
@@ -129,7 +129,7 @@ def test_generate_fails_clearly_when_server_stays_down(fault_server_factory, hh_
     with _engine([dead], max_attempts=3) as engine:
         with pytest.raises(EngineUnavailable, match="after 3 attempts.*ConnectError"):
             generate_shard(hh_shard, tmp_path / "out2", config, {"srv": engine},
-                           RequestCache(tmp_path / "c2.sqlite"))
+                           RequestCache(tmp_path / "c2.sqlite"), stage="generate")
 
 
 def test_rejected_prompts_are_not_retried_and_drop_only_their_conversation(
@@ -141,7 +141,7 @@ def test_rejected_prompts_are_not_retried_and_drop_only_their_conversation(
                             batch_size=8)
     with _engine([server.url]) as engine:
         stats = generate_shard(hh_shard, tmp_path / "out", config, {"srv": engine},
-                               RequestCache(tmp_path / "c.sqlite"))
+                               RequestCache(tmp_path / "c.sqlite"), stage="generate")
     rejected = server.count("rejected")
     assert rejected > 0 and server.count("ok") > 0
     assert rejected == 2 * stats.rows_dropped  # each refused once per sample, never retried
@@ -155,7 +155,7 @@ def test_rejected_prompts_are_not_retried_and_drop_only_their_conversation(
     mixed = config.model_copy(update={"include_source_responses": True})
     with _engine([server.url]) as engine:
         stats = generate_shard(hh_shard, tmp_path / "mixed", config=mixed, engines={"srv": engine},
-                               cache=RequestCache(tmp_path / "c.sqlite"))
+                               cache=RequestCache(tmp_path / "c.sqlite"), stage="generate")
     assert stats.rows_dropped == 0 and stats.rows_out == 8
 
 
@@ -170,7 +170,7 @@ def test_api_key_never_written_logged_or_shown(fault_server_factory, hh_shard, t
     with _engine([server.url], api_key_env="PREFPIPE_TEST_KEY") as engine:
         text = repr(engine) + str(engine) + repr(config) + config.model_dump_json()
         stats = generate_shard(hh_shard, work / "out", config, {"srv": engine},
-                               RequestCache.in_work_dir(work))
+                               RequestCache.in_work_dir(work), stage="generate")
     assert server.received_keys == {secret}  # the key did reach the server
     assert stats.rows_out == 8 and server.count("unauthorized") == 0
 
@@ -262,12 +262,12 @@ def test_killed_run_resumes_without_redoing_finished_requests(tiny_model_dir, ti
 
     # rerun: the engine is asked only for what the killed run had not finished
     resumed = RequestCache(cache_path)
-    stats = generate_shard(shard, tmp_path / "resumed", config, {"tiny": tiny_vllm_engine}, resumed)
+    stats = generate_shard(shard, tmp_path / "resumed", config, {"tiny": tiny_vllm_engine}, resumed, stage="generate")
     assert (resumed.hits, resumed.misses, resumed.writes) == (cached, total - cached, total - cached)
     assert len(resumed) == total and stats.outputs_written == total
 
     # the same run never interrupted (fresh cache) gives the same candidates
     fresh = RequestCache(tmp_path / "fresh.sqlite")
-    generate_shard(shard, tmp_path / "fresh", config, {"tiny": tiny_vllm_engine}, fresh)
+    generate_shard(shard, tmp_path / "fresh", config, {"tiny": tiny_vllm_engine}, fresh, stage="generate")
     assert fresh.misses == total
     assert _candidates(tmp_path / "resumed") == _candidates(tmp_path / "fresh")

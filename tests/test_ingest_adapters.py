@@ -26,7 +26,7 @@ def first_rows(path, n=50):
 
 def ingest(tmp_path, path, fmt="auto", **cfg):
     out = tmp_path / "out"
-    stats = ingest_input(InputSpec(path=str(path), format=fmt), IngestConfig(**cfg), out)
+    stats = ingest_input(InputSpec(path=str(path), format=fmt), IngestConfig(**cfg), out, stage="ingest")
     kept = pl.read_parquet(list_shards(out)) if list_shards(out) else pl.DataFrame()
     dropped = pl.read_parquet(sorted(out.glob("dropped-*.parquet"))) if stats.rows_dropped else pl.DataFrame()
     assert stats.rows_in == stats.rows_out + stats.rows_dropped == len(kept) + len(dropped)

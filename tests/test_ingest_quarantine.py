@@ -26,7 +26,7 @@ def real_hh_lines(real_data, n):
 
 def run(tmp_path, path, **cfg):
     out = tmp_path / "out"
-    stats = ingest_input(InputSpec(path=str(path)), IngestConfig(**cfg), out)
+    stats = ingest_input(InputSpec(path=str(path)), IngestConfig(**cfg), out, stage="ingest")
     kept = pl.read_parquet(list_shards(out)) if list_shards(out) else pl.DataFrame()
     dropped_files = sorted(out.glob("dropped-ingest-*.parquet"))
     dropped = pl.read_parquet(dropped_files) if dropped_files else pl.DataFrame()
@@ -99,7 +99,7 @@ def test_shards_hold_at_most_shard_rows(real_data, tmp_path):
     path = tmp_path / "in.jsonl"
     path.write_bytes(b"".join(real_hh_lines(real_data, 45)))
     out = tmp_path / "out"
-    ingest_input(InputSpec(path=str(path)), IngestConfig(shard_rows=10), out)
+    ingest_input(InputSpec(path=str(path)), IngestConfig(shard_rows=10), out, stage="ingest")
     sizes = [pq.ParquetFile(p).metadata.num_rows for p in list_shards(out)]
     assert all(s <= 10 for s in sizes) and len(sizes) >= 4
 
@@ -194,7 +194,7 @@ def symlink_loop(directory):
 def test_symlink_loop_is_named(tmp_path):
     loop = symlink_loop(tmp_path)
     with pytest.raises(InputPathError, match="symlink loop"):
-        ingest_input(InputSpec(path=str(loop)), IngestConfig(), tmp_path / "out")
+        ingest_input(InputSpec(path=str(loop)), IngestConfig(), tmp_path / "out", stage="ingest")
     with pytest.raises(RecipeError, match=r"inputs\.0\.path: symlink loop"):
         parse_recipe({"inputs": [{"path": "a.jsonl", "license": "MIT"}], "output": {"dataset": "d"}},
                      base_dir=tmp_path)

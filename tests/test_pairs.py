@@ -69,7 +69,7 @@ MIXED = {
 def run(tmp_path, conversations, **config):
     cand_shard, ann_shard = write_shards(tmp_path, conversations)
     out = tmp_path / "out"
-    stats = build_pairs(cand_shard, ann_shard, out, PairsConfig(**config))
+    stats = build_pairs(cand_shard, ann_shard, out, PairsConfig(**config), stage="pairs")
     pairs = list(iter_rows(list_shards(out))) if list_shards(out) else []
     dropped = list(iter_rows(list_shards(out, "dropped-pairs")))
     candidates = list(iter_rows(list_shards(out, "candidates")))
@@ -212,7 +212,7 @@ def test_pairwise_winners_from_comparisons(tmp_path):
     comp_shard = list_shards(tmp_path / "comparisons")[0]
     out = tmp_path / "out"
     stats = build_pairs(cand_shard, ann_shard, out, PairsConfig(rule="pairwise_winners"),
-                        comparison_shard=comp_shard)
+                        comparison_shard=comp_shard, stage="pairs")
     pairs = list(iter_rows(list_shards(out)))
     got = {(text(p["chosen"]), text(p["rejected"])): p for p in pairs}
     assert set(got) == {("Paris is the capital of France.", "Lyon."),
@@ -229,9 +229,9 @@ def test_pairwise_winners_from_comparisons(tmp_path):
 def test_candidate_rules_refuse_the_source_rule_and_missing_comparisons(tmp_path):
     cand_shard, ann_shard = write_shards(tmp_path, {"normal": MIXED["normal"]})
     with pytest.raises(ValueError, match="source_pairs"):
-        build_pairs(cand_shard, ann_shard, tmp_path / "o1", PairsConfig(rule="source"))
+        build_pairs(cand_shard, ann_shard, tmp_path / "o1", PairsConfig(rule="source"), stage="pairs")
     with pytest.raises(ValueError, match="comparison"):
-        build_pairs(cand_shard, ann_shard, tmp_path / "o2", PairsConfig(rule="pairwise_winners"))
+        build_pairs(cand_shard, ann_shard, tmp_path / "o2", PairsConfig(rule="pairwise_winners"), stage="pairs")
 
 
 def test_logit_margin_is_bounded_monotone_and_zero_without_scores():

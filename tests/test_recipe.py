@@ -57,6 +57,23 @@ def test_bad_recipe_names_file_and_field(recipe_dir, text, field, message):
     assert message in str(err.value)
 
 
+@pytest.mark.parametrize("extra, field, suggestion", [
+    ("dedupe: {}\n", "dedupe", "did you mean dedup?"),
+    ("pairs: {rul: best_vs_worst}\n", "pairs.rul", "did you mean rule?"),
+    ("filters:\n  lenght: {max_ratio: 2}\n", "filters.lenght", "did you mean length?"),
+    ("filters:\n  ches: {top_fractoin: 0.1}\n", "filters.ches.top_fractoin", "did you mean top_fraction?"),
+    ("generate:\n  models:\n    - {name: a, temprature: 0.5}\n", "generate.models.0.temprature",
+     "did you mean temperature?"),
+    ("annotate: {method: density_ratio, lenght_norm: none}\n", "annotate.lenght_norm", "did you mean length_norm?"),
+    ("ingest: {zzz: 1}\n", "ingest.zzz", "known here: max_line_bytes, max_text_chars, shard_rows"),
+])
+def test_a_misspelled_key_names_the_key_it_is_closest_to(recipe_dir, extra, field, suggestion):
+    path = write(recipe_dir, GOOD + extra)
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    assert f"{path}: {field}: unknown key ({suggestion})" in str(err.value).splitlines()
+
+
 def test_yaml_is_loaded_safely(recipe_dir):
     path = write(recipe_dir, "!!python/object/apply:os.system ['touch pwned']\n")
     with pytest.raises(RecipeError, match="invalid YAML"):

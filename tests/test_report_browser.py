@@ -11,11 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.publish.report import _box, _figure
+from tests.fixtures.browser import PNG_SIGNATURE
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ONE_LINE_PX = 48  # a collapsed section: one paragraph, at most two lines of text
 
 # What the page shows, measured by the browser: the text outside <pre> (data), each image's load
@@ -44,18 +41,6 @@ FACTS = """() => {
 
 def intersects(a: list[int], b: list[int]) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: `make install` installs Debian's chromium (apt-get install -y chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_report(browser, version: Path, screenshot: Path) -> dict:

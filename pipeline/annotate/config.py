@@ -64,6 +64,17 @@ class Templates(Strict):
     pairwise: str | None = None
 
 
+class GateConfig(Strict):
+    """`annotate.gate`: measure the annotator on human-labelled pairs before it labels anything."""
+
+    gold: str = Field(description="gold pairs (any format `eval-annotator --gold` reads), relative to the recipe")
+    format: str = Field("auto", description="the gold file's format (as eval-annotator --format)")
+    min_accuracy: float = Field(ge=0, le=1, description="accuracy (excluding ties) the annotator must reach")
+    limit: int | None = Field(100, ge=1, description="fixed random sample of this many gold pairs")
+    seed: int = Field(0, description="seed of the sample and of the A/B order")
+    resamples: int = Field(1000, ge=0, description="bootstrap resamples of the CI")
+
+
 class AnnotateConfig(Strict):
     method: Method = "judge_pairwise"
     models: AnnotatorModels = AnnotatorModels()
@@ -95,6 +106,8 @@ class AnnotateConfig(Strict):
     tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
     batch_size: int = Field(32, ge=1, description="Requests per engine call")
     seed: int = 0
+    gate: GateConfig | None = Field(None, description="stop the build before annotating if the annotator "
+                                                      "agrees with the gold labels less than min_accuracy")
 
     @model_validator(mode="after")
     def _check(self) -> "AnnotateConfig":

@@ -7,6 +7,7 @@ The criteria system prompt goes to the strong model only, chosen per prompt by t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.annotate.config import AnnotateConfig, route_criteria
@@ -24,18 +25,26 @@ class DensityRatioScore:
     domain: str | None
 
 
-def _batched(engine: Engine, requests: list[ScoreRequest], size: int) -> list[TokenScores]:
+Progress = Callable[[float], None]  # called with the share of candidates each batch finished
+
+
+def _batched(engine: Engine, requests: list[ScoreRequest], size: int, on_batch: Progress | None = None,
+             weight: float = 1.0) -> list[TokenScores]:
     out: list[TokenScores] = []
     for start in range(0, len(requests), size):
         out += engine.score(requests[start:start + size])
+        if on_batch is not None:
+            on_batch(weight * len(requests[start:start + size]))
     return out
 
 
 def score_all(engine: Engine, prompts: list[list[dict]], responses: list[str],
-              systems: list[str | None], batch_size: int) -> list[TokenScores]:
-    """Teacher-forced log-probs of every response under `engine` (system prompt per request)."""
+              systems: list[str | None], batch_size: int, on_batch: Progress | None = None,
+              weight: float = 1.0) -> list[TokenScores]:
+    """Teacher-forced log-probs of every response under `engine` (system prompt per request);
+    `on_batch(weight * requests done)` after each batch."""
     return _batched(engine, [ScoreRequest(prompt=message_tuples(p), response=r, system=s)
-                             for p, r, s in zip(prompts, responses, systems)], batch_size)
+                             for p, r, s in zip(prompts, responses, systems)], batch_size, on_batch, weight)
 
 
 def density_ratio(strong_logprob: float, strong_tokens: int, weak_logprob: float, weak_tokens: int,
@@ -54,12 +63,14 @@ class DensityRatio:
             require(f"{role} ({engine.model_id})", engine.capabilities, {SCORE})
         self.strong, self.weak, self.config = strong, weak, config
 
-    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[DensityRatioScore]:
+    def score(self, prompts: list[list[dict]], responses: list[str], on_batch: Progress | None = None
+              ) -> list[DensityRatioScore]:
+        """Scores of every response; `on_batch(candidates)` as the two models get through them (half each)."""
         c = self.config
         routed = [route_criteria(c.criteria, p) for p in prompts]
         strong = score_all(self.strong, prompts, responses, [criteria for _, criteria in routed],
-                           c.batch_size)
-        weak = score_all(self.weak, prompts, responses, [None] * len(prompts), c.batch_size)
+                           c.batch_size, on_batch, 0.5)
+        weak = score_all(self.weak, prompts, responses, [None] * len(prompts), c.batch_size, on_batch, 0.5)
         return [DensityRatioScore(density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r,
                                                 c.length_norm), s.total, w.total,
                                   s.num_tokens, w.num_tokens, domain)

@@ -33,6 +33,7 @@ from pipeline.annotate.density_ratio import DensityRatio, density_ratio
 from pipeline.annotate.gold import GoldPair
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem, verdict_from_probability
 from pipeline.annotate.reward_model import RewardModel
+from pipeline import progress
 from pipeline.cache import RequestCache
 from pipeline.engines.base import ChatRequest, Completion, Engine, ScoreRequest, TokenScores
 from pipeline.filters.length import LengthConfig
@@ -59,14 +60,16 @@ class RequestMeter:
     on stderr at every tenth; a summary line at the end. Cache hits leave the total, so the ETA is
     the engines' own pace."""
 
-    def __init__(self, total: int, description: str = "eval-annotator"):
+    def __init__(self, total: int, description: str = "eval-annotator", to_progress: bool = False):
         from rich.console import Console
 
         self.total, self.done, self.hits, self.t0 = total, 0, 0, time.perf_counter()
-        self.description, self._tenth = description, 0
+        self.description, self._tenth, self.to_progress = description, 0, to_progress
         self.console = Console(stderr=True)
         self.bar = None
-        if self.console.is_terminal:
+        if to_progress:  # inside a build: the build's progress bars, no lines of its own
+            progress.expect(description, total)
+        elif self.console.is_terminal:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
 
@@ -85,10 +88,15 @@ class RequestMeter:
     def advance(self, n: int) -> None:
         """`n` requests run by an engine (a retry may take the count past the planned total)."""
         self.done += n
+        if self.to_progress:
+            progress.report(self.description, n)
         self.total = max(self.total, self.done)
         self._update()
 
     def _update(self) -> None:
+        if self.to_progress:
+            progress.expect(self.description, self.total)
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, total=self.total)
             return
@@ -101,6 +109,9 @@ class RequestMeter:
                   f"{elapsed:.0f} s elapsed, ETA {eta:.0f} s", file=sys.stderr, flush=True)
 
     def close(self) -> None:
+        if self.to_progress:
+            progress.finish(self.description, self.done)
+            return
         if self.bar is not None:
             self.bar.stop()
         print(f"{self.description}: {self.done} requests run, {self.hits} cached, "
@@ -374,15 +385,17 @@ def configured_variant(config: AnnotateConfig, variants: Mapping) -> str:
 
 def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
                        resamples: int = 1000, cache_dir: Path | None = None,
-                       length_guard: LengthConfig | None = None) -> dict:
+                       length_guard: LengthConfig | None = None, progress_label: str | None = None) -> dict:
     """The eval-annotator report (a JSON-able dict) for `pairs`, with the trivial baselines and the
     verdict against them (`baselines`). With `cache_dir`, engine results are cached there by
-    content (SCORE_CACHE); `length_guard` is the recipe's `filters.length` (recipe_length_guard)."""
+    content (SCORE_CACHE); `length_guard` is the recipe's `filters.length` (recipe_length_guard).
+    `progress_label`: report the requests to `pipeline.progress` under it (inside a build)."""
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
     cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
-    meter = RequestMeter(expected_requests(config, len(pairs)))
+    meter = (RequestMeter(expected_requests(config, len(pairs)), progress_label, to_progress=True) if progress_label
+             else RequestMeter(expected_requests(config, len(pairs))))
     wrapped: dict[int, CachedEngine] = {}
     for role in config.roles():
         engine = engines[role]

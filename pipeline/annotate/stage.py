@@ -25,7 +25,6 @@ from pipeline.shards import DroppedWriter, ShardWriter, iter_rows
 from pipeline.stats import StageStats
 from pipeline.tables import ANNOTATION, COMPARISON
 
-STAGE = "annotate"
 STATS_JSON = "annotate_stats.json"
 
 
@@ -120,10 +119,10 @@ def _judge_pairwise(config, engines, convs, refs, comparisons: ShardWriter, anno
     return out
 
 
-def _density_ratio(config, engines, convs) -> list[tuple[dict, _Result]]:
+def _density_ratio(config, engines, convs, on_batch) -> list[tuple[dict, _Result]]:
     cdr = DensityRatio(engines["strong"], engines["weak"], config)
     cands = [c for group in convs.values() for c in group]
-    scores = cdr.score([c["prompt"] for c in cands], [c["response"] for c in cands])
+    scores = cdr.score([c["prompt"] for c in cands], [c["response"] for c in cands], on_batch)
     return [(c, _Result("ok", s.reward, details={
         "strong_logprob": s.strong_logprob, "weak_logprob": s.weak_logprob,
         "strong_tokens": s.strong_tokens, "weak_tokens": s.weak_tokens, "domain": s.domain,
@@ -138,17 +137,17 @@ def _reward_model(config, engines, convs) -> list[tuple[dict, _Result]]:
 
 
 def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
-                   engines: Mapping[str, Engine]) -> StageStats:
+                   engines: Mapping[str, Engine], *, stage: str) -> StageStats:
     """Annotate every candidate of one shard with `config.method`; `engines` maps the method's
     roles (judge | strong, weak | reward) to loaded engines."""
     missing = [r for r in config.roles() if r not in engines]
     if missing:
-        raise ValueError(f"annotate: method {config.method} needs engines for {', '.join(missing)}")
+        raise ValueError(f"{stage}: method {config.method} needs engines for {', '.join(missing)}")
     out_dir = Path(out_dir)
-    stats = StageStats(STAGE)
+    stats = StageStats(stage)
     annotations = ShardWriter(out_dir, ANNOTATION, shard_rows=1 << 30)
     comparisons = ShardWriter(out_dir, COMPARISON, prefix="comparison", shard_rows=1 << 30)
-    dropped = DroppedWriter(out_dir, STAGE)
+    dropped = DroppedWriter(out_dir, stage)
     annotator = annotator_name(config, engines)
 
     convs: dict[str, list[dict]] = {}
@@ -169,13 +168,20 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
                 if ref is not None and c.get("source_label") != config.reference_label:
                     refs[(cid, c["candidate_id"])] = ref
 
+    reported = 0.0
+
+    def tick(candidates: float) -> None:
+        nonlocal reported
+        reported += candidates
+        report(stage, candidates)
+
     reliability = Reliability()
     if config.method == "judge_pointwise":
         results = _judge_pointwise(config, engines, convs, refs)
     elif config.method == "judge_pairwise":
         results = _judge_pairwise(config, engines, convs, refs, comparisons, annotator, reliability)
     elif config.method == "density_ratio":
-        results = _density_ratio(config, engines, convs)
+        results = _density_ratio(config, engines, convs, tick)
     else:
         results = _reward_model(config, engines, convs)
     results += [(c, _Result("failed", error="empty_response: nothing to annotate")) for c in empty]
@@ -222,7 +228,7 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
     dropped.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STATS_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True))
-    report(STAGE, stats.rows_in)
+    report(stage, stats.rows_in - reported)
     return stats.check()
 
 

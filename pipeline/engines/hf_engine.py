@@ -26,6 +26,9 @@ class TransformersEngine:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # the stage's own progress shows; weight loading is noise
 
         self.path = str(model)
         self.model_id = model_id or self.path

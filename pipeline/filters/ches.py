@@ -11,16 +11,14 @@ stored in each pair's metadata (`ches`, `ches_normalized`, `ches_tokens_chosen/r
 
 Two steps, so the top fraction is taken over the whole build, not per shard:
 1. `ches_score_shard` scores one shard (any engine with HIDDEN_STATES; never drops);
-2. `ches_cutoff` reads the scores of every shard and returns the (score, pair_id) key where the
-   top fraction begins; `ches_shard` then drops `ches_top_fraction` / `ches_above_threshold`.
+2. `ChesCut` (a `BuildCut`) ranks the scores of every shard and drops `ches_top_fraction` /
+   `ches_above_threshold` / `ches_undefined`.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -29,18 +27,12 @@ from pydantic import Field
 
 from pipeline.engines.base import HIDDEN_STATES, Engine, ScoreRequest, require
 from pipeline.engines.chat import message_tuples
-from pipeline.filters.pair_filter import Decision, filter_pairs, metadata_of, response_text
+from pipeline.filters.pair_filter import BuildCut, Drop, metadata_of, response_text
 from pipeline.progress import report
 from pipeline.config import Strict
 from pipeline.shards import DEFAULT_SHARD_ROWS, ShardWriter, iter_rows
 from pipeline.stats import StageStats
 from pipeline.tables import PAIR
-
-STAGE = "ches"
-SCORE_STAGE = "ches_score"
-Key = tuple[float, str]
-_UNSET = object()
-
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"  # the embedded default (data/models.yaml)
 
@@ -100,14 +92,14 @@ def summed_hidden_states(engine: Engine, requests: list[ScoreRequest], per_call:
     return sums
 
 
-def ches_score_shard(in_shard: Path, out_dir: Path, config: ChesConfig, engine: Engine,
+def ches_score_shard(in_shard: Path, out_dir: Path, config: ChesConfig, engine: Engine, stage: str,
                      shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
     """Score every pair of one shard; writes `part-*.parquet` with CHES in the metadata."""
     require(engine.model_id, engine.capabilities, {HIDDEN_STATES})
     rows = list(iter_rows(in_shard))
     pairs = [(_request(r["prompt"], r["chosen"]), _request(r["prompt"], r["rejected"])) for r in rows]
     sums = summed_hidden_states(engine, [q for p in pairs for q in p], config.requests_per_call)
-    stats = StageStats(SCORE_STAGE)
+    stats = StageStats(f"{stage} scoring")
     with ShardWriter(out_dir, PAIR, shard_rows=shard_rows) as out:
         for row, (chosen, rejected) in zip(rows, pairs):
             (h_plus, n_plus), (h_minus, n_minus) = sums[chosen], sums[rejected]
@@ -117,67 +109,52 @@ def ches_score_shard(in_shard: Path, out_dir: Path, config: ChesConfig, engine: 
                         ches_tokens_rejected=n_minus, ches_model=engine.model_id)
             out.write({**row, "metadata": json.dumps(meta, sort_keys=True)})
             stats.keep()
-    report(SCORE_STAGE, stats.rows_in)
+    report(stats.stage, stats.rows_in)
     return stats.check()
 
 
-def _score(meta: dict, config: ChesConfig) -> float | None:
-    value = meta.get(config.score)
-    return None if value is None else float(value)
-
-
-def _keys(shards: list[Path], config: ChesConfig) -> Iterator[Key]:
-    for row in iter_rows(shards, columns=["pair_id", "metadata"]):
-        score = _score(metadata_of(row), config)
-        if score is not None:
-            yield (score, row["pair_id"])
-
-
-def ches_cutoff(scored_shards: list[Path], config: ChesConfig) -> Key | None:
-    """The smallest (score, pair_id) key of the top `top_fraction` over all scored shards (pairs
-    at or above it are dropped); None when the fraction removes nothing."""
-    if not config.top_fraction:
-        return None
-    total = sum(1 for _ in _keys(scored_shards, config))
-    k = math.floor(config.top_fraction * total)
-    if k == 0:
-        return None
-    return heapq.nlargest(k, _keys(scored_shards, config))[-1]
-
-
-def ches_shard(in_shard: Path, out_dir: Path, config: ChesConfig, cutoff: Key | None = _UNSET,
-               shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
+class ChesCut(BuildCut):
     """Drop scored pairs above the threshold (`ches_above_threshold`), in the build's top
     fraction (`ches_top_fraction`), or without a score (`ches_undefined`: an empty response)."""
-    if config.top_fraction and cutoff is _UNSET:
-        raise ValueError("a CHES top fraction needs the build-wide cutoff: call ches_cutoff first")
 
-    def decide(row: dict, meta: dict) -> Decision:
-        if config.score not in meta:
+    config: ChesConfig
+    cut_reason = "ches_top_fraction"
+
+    @property
+    def cuts(self) -> bool:
+        return bool(self.config.top_fraction)
+
+    def key(self, row: dict, meta: dict) -> float | None:
+        value = meta.get(self.config.score)
+        return None if value is None else float(value)
+
+    def rule(self, row: dict, meta: dict) -> Drop | None:
+        score_name = self.config.score
+        if score_name not in meta:
             raise ValueError(f"pair {row['pair_id']} has no CHES score: run ches_score_shard first")
-        score = _score(meta, config)
+        score = self.key(row, meta)
         if score is None:
-            return "ches_undefined", "a response has no tokens", {}
-        if config.threshold is not None and score > config.threshold:
-            return "ches_above_threshold", f"{config.score} {score:g} > {config.threshold:g}", {}
-        if cutoff not in (None, _UNSET) and (score, row["pair_id"]) >= cutoff:
-            return ("ches_top_fraction",
-                    f"{config.score} {score:g} in the top {config.top_fraction:g} "
-                    f"(cutoff {cutoff[0]:g})", {})
-        return None, "", {}
+            return Drop("ches_undefined", "a response has no tokens")
+        if self.config.threshold is not None and score > self.config.threshold:
+            return Drop("ches_above_threshold", f"{score_name} {score:g} > {self.config.threshold:g}")
+        return None
 
-    return filter_pairs(in_shard, out_dir, STAGE, decide, shard_rows)
+    def keep(self, ranked: int) -> int | None:
+        dropped = math.floor(self.config.top_fraction * ranked)
+        return ranked - dropped if dropped else None
+
+    def cut_detail(self, value: float, cutoff) -> str:
+        return (f"{self.config.score} {value:g} in the top {self.config.top_fraction:g} "
+                f"(the largest kept is {cutoff[0]:g})")
 
 
-def ches_build(in_shards: list[Path], out_root: Path, config: ChesConfig, engine: Engine,
+def ches_build(in_shards: list[Path], out_root: Path, config: ChesConfig, engine: Engine, stage: str,
                shard_rows: int = DEFAULT_SHARD_ROWS) -> tuple[StageStats, list[StageStats]]:
     """Both steps over a whole build: scores into `out_root/scored/NNNNN`, filtered pairs into
     `out_root/kept/NNNNN`. Returns (scoring stats, per-shard filter stats)."""
-    score_stats, scored = StageStats(SCORE_STAGE), []
+    score_stats, scored = StageStats(f"{stage} scoring"), []
     for i, shard in enumerate(in_shards):
         directory = Path(out_root) / "scored" / f"{i:05d}"
-        score_stats += ches_score_shard(shard, directory, config, engine, shard_rows)
+        score_stats += ches_score_shard(shard, directory, config, engine, stage, shard_rows)
         scored += sorted(directory.glob("part-*.parquet"))
-    cutoff = ches_cutoff(scored, config)
-    return score_stats.check(), [ches_shard(s, Path(out_root) / "kept" / f"{i:05d}", config, cutoff,
-                                            shard_rows) for i, s in enumerate(scored)]
+    return score_stats.check(), ChesCut(config, stage).filter_build(scored, Path(out_root) / "kept", shard_rows)

@@ -14,12 +14,8 @@ from typing import Literal
 import polars as pl
 from pydantic import Field
 
-from pipeline.filters.pair_filter import Decision, filter_pairs, response_text
 from pipeline.config import Strict
-from pipeline.shards import DEFAULT_SHARD_ROWS
-from pipeline.stats import StageStats
-
-STAGE = "length"
+from pipeline.filters.pair_filter import Decision, Drop, Keep, RowFilter, response_text
 
 
 class LengthConfig(Strict):
@@ -38,19 +34,18 @@ def too_long(chosen: str, rejected: str, config: LengthConfig) -> bool:
         text_length(chosen, config.unit) > config.max_ratio * max(text_length(rejected, config.unit), 1))
 
 
-def length_shard(in_shard: Path, out_dir: Path, config: LengthConfig,
-                 shard_rows: int = DEFAULT_SHARD_ROWS) -> StageStats:
+class LengthGuard(RowFilter):
     """Record both lengths in each pair's metadata; drop `length_ratio` pairs when configured."""
 
-    def decide(row: dict, meta: dict) -> Decision:
-        n_c = text_length(response_text(row["chosen"]), config.unit)
-        n_r = text_length(response_text(row["rejected"]), config.unit)
-        scores = {"length_chosen": n_c, "length_rejected": n_r}
-        if too_long(response_text(row["chosen"]), response_text(row["rejected"]), config):
-            return "length_ratio", f"chosen {n_c} vs rejected {n_r} {config.unit}", scores
-        return None, "", scores
+    config: LengthConfig
 
-    return filter_pairs(in_shard, out_dir, STAGE, decide, shard_rows)
+    def decide(self, row: dict, meta: dict) -> Decision:
+        chosen, rejected, unit = response_text(row["chosen"]), response_text(row["rejected"]), self.config.unit
+        n_c, n_r = text_length(chosen, unit), text_length(rejected, unit)
+        scores = {"length_chosen": n_c, "length_rejected": n_r}
+        if too_long(chosen, rejected, self.config):
+            return Drop("length_ratio", f"chosen {n_c} vs rejected {n_r} {unit}", scores)
+        return Keep(scores)
 
 
 def _lengths(column: str, unit: str) -> pl.Expr:

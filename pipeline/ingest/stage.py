@@ -13,7 +13,6 @@ from pipeline.shards import DroppedWriter, ShardWriter, _to_text
 from pipeline.stats import StageStats
 from pipeline.tables import CONVERSATION
 
-STAGE = "ingest"
 
 
 def row_text(value: object) -> str | None:
@@ -31,13 +30,13 @@ def row_text(value: object) -> str | None:
 
 
 def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path, start_offset: int = 0,
-                 start_index: int = 0) -> StageStats:
+                 start_index: int = 0, *, stage: str) -> StageStats:
     """Read `spec.path` row by row; write `part-*.parquet` and `dropped-ingest-*.parquet`.
 
     `start_offset`/`start_index`: read a JSON-lines file from that byte (incremental runs)."""
-    stats = StageStats(STAGE)
+    stats = StageStats(stage)
     out = ShardWriter(out_dir, CONVERSATION, shard_rows=config.shard_rows)
-    dropped = DroppedWriter(out_dir, STAGE, shard_rows=config.shard_rows)
+    dropped = DroppedWriter(out_dir, stage, shard_rows=config.shard_rows)
     for n, raw in enumerate(read_rows(Path(spec.path), config.max_line_bytes,
                                             start_offset, start_index)):
         if spec.max_rows is not None and n >= spec.max_rows:
@@ -59,7 +58,7 @@ def ingest_input(spec: InputSpec, config: IngestConfig, out_dir: Path, start_off
                 out.write({**conv, **where, "format": fmt})
                 stats.keep()
         if n % 1000 == 999:
-            report(STAGE, 1000)
+            report(stage, 1000)
     out.close()
     dropped.close()
     return stats.check()

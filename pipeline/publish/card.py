@@ -16,9 +16,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
-import os
 import re
-import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,10 +25,12 @@ import yaml
 
 from pipeline.atomic import replace_file
 from pipeline.publish.diff import diff_versions, markdown as diff_markdown
+from pipeline.publish.paths import rebuild, recipe_anchored, relative_recipe
 from pipeline.lineage import chain_problems
 from pipeline.publish.report import (SUMMARY_KEYS, ches_sentence, flat_items, length_bias_sentence, model_rows, percent,
                              position_bias_sentence, render_report, self_preference_sentences, summary_rows)
 from pipeline.publish.store import read_manifest
+from pipeline.review.audit import card_paragraph as human_audit_paragraph  # `prefpipe review` labels
 from pipeline.tables import PAIR
 from pipeline.publish.version_stats import fmt_num, pairs_frame, version_stats
 
@@ -120,63 +120,6 @@ def _table(header: list[str], rows: list[list], align: str | None = None) -> str
     align = align or "|".join("---" if i == 0 else "---:" for i in range(len(header)))
     return "\n".join([f"| {' | '.join(header)} |", f"|{align}|"] +
                      [f"| {' | '.join(str(c) for c in r)} |" for r in rows])
-
-
-# --- paths: relative to the data root (command) or the recipe's directory (recipe) --------------
-
-def data_root_of(version_dir: Path) -> Path:
-    """DATA_ROOT of DATA_ROOT/datasets/NAME/vNNNN (or of the temporary directory beside it)."""
-    return Path(version_dir).resolve().parents[2]
-
-
-def _relative(path: str, base: Path) -> str:
-    return os.path.relpath(path, base) if os.path.isabs(path) else path
-
-
-def recipe_anchored(manifest: dict) -> bool:
-    """Whether the manifest records the recipe by its absolute path (else as typed, relative)."""
-    return os.path.isabs(manifest.get("recipe_path") or "")
-
-
-def rebuild(manifest: dict, version_dir: Path) -> tuple[str, str]:
-    """(where to run it, the build command), with no absolute path. A recipe recorded by its
-    absolute path: from the data root, every path relative to it. A recipe path typed relative to
-    the directory the build ran in: from there, as typed, an absolute data root named DATA_ROOT."""
-    root = data_root_of(version_dir)
-    anchored = recipe_anchored(manifest)
-    out: list[str] = []
-    for token in shlex.split(manifest.get("command") or f"prefpipe build {manifest.get('recipe_path', 'RECIPE')}"):
-        flag, eq, value = token.partition("=")
-        if (out and out[-1] == "--data-root") or (eq and flag == "--data-root"):
-            path = value if eq else token
-            path = "." if anchored else ("DATA_ROOT" if os.path.isabs(path) else path)
-            token = f"{flag}={path}" if eq else path
-        elif eq and flag.startswith("--"):
-            token = f"{flag}={_relative(value, root)}"
-        else:
-            token = _relative(token, root)
-        out.append(token)
-    if anchored and not any(t == "--data-root" or t.startswith("--data-root=") for t in out):
-        out += ["--data-root", "."]
-    where = ("from the data root (the directory that holds datasets/)" if anchored else
-             "from the directory the build ran in (the recipe path is relative to it; DATA_ROOT, where given, "
-             "is the directory that holds datasets/)")
-    return where, shlex.join(out)
-
-
-def relative_recipe(manifest: dict, version_dir: Path) -> dict:
-    """The resolved recipe with every absolute path relative to the recipe's directory (to the
-    data root when the recipe's own path was not recorded as absolute)."""
-    base = Path(manifest["recipe_path"]).parent if recipe_anchored(manifest) else data_root_of(version_dir)
-
-    def walk(x):
-        if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return _relative(x, base) if isinstance(x, str) and x.startswith("/") else x
-
-    return walk(manifest["recipe"])
 
 
 # --- sources, licences, content warnings ------------------------------------------------------
@@ -376,7 +319,14 @@ def gold_agreement(manifest: dict) -> str:
     pairs = m.get("pairs") or gold.get("pairs")
     if pairs:
         parts.append(f"over {pairs} pairs" + (f" of `{esc(Path(gold['path']).name)}`" if gold.get("path") else ""))
-    return "; ".join(parts) + "."
+    text = "; ".join(parts) + "."
+    if (verdict := (ev.get("verdict") or {}).get("sentence")):
+        text += " " + esc(verdict)
+    if (g := ev.get("gate")):
+        text += (f" The recipe's annotator gate asks for {percent(g['min_accuracy'])}: "
+                 + ("passed." if g.get("passed") else "**not met; the build was forced past it (`--force`), "
+                                                      "so treat these labels with suspicion.**"))
+    return text
 
 
 def decontam_section(manifest: dict) -> str:
@@ -613,6 +563,8 @@ Rows in `dropped/` by stage and reason:
 
 {gold_agreement(manifest)}
 
+{human_audit_paragraph(version_dir, manifest)}
+
 ### Personal and Sensitive Information
 
 prefpipe does not detect or remove personal information; the prompts and responses are as the inputs
@@ -667,7 +619,8 @@ def render(version_dir: Path, manifest: dict) -> dict[str, str]:
     recorded = [str(w) for w in manifest.get("warnings") or []]
     return {"README.md": render_card(manifest, stats, df, change, recorded, Path(version_dir)),
             "report.html": render_report(manifest, stats, df, recorded + funnel_checks(manifest, stats), change,
-                                         rebuild(manifest, version_dir), content_warnings(manifest))}
+                                         rebuild(manifest, version_dir), content_warnings(manifest),
+                                         human_audit=human_audit_paragraph(version_dir, manifest).replace("`", ""))}
 
 
 def _replace(path: Path, text: str) -> bool:

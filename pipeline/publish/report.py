@@ -22,7 +22,7 @@ from markupsafe import Markup
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.filters.ches import STAGE as CHES_STAGE
+from pipeline.stages.pair_filters import ChesStage
 from pipeline.publish.version_stats import fmt_num
 
 SAMPLE_PAIRS = 20
@@ -192,7 +192,7 @@ def ches_sentence(manifest: dict, stats: dict) -> str:
         return ("The recipe asks for a CHES filter, but the manifest records no CHES cut." if asked
                 else "No CHES filter ran on this version.")
     key, model = stats["ches_score"], (manifest.get("models") or {}).get("ches_model")
-    dropped = sum(d["rows"] for d in stats["dropped_by_reason"] if d["stage"] == CHES_STAGE)
+    dropped = sum(d["rows"] for d in stats["dropped_by_reason"] if d["stage"] == ChesStage.name)
     rules = []
     if cut.get("threshold") is not None:
         rules.append(f"pairs whose {key} is above {fmt_num(float(cut['threshold']))}")
@@ -395,6 +395,11 @@ Annotators: {{ s.annotators|join(", ") or "none" }}.</p>
 {% else %}<p>Not recorded: no judge annotated these pairs.</p>{% endif %}
 
 </section>
+<section id="human-audit">
+<h2>Human audit</h2>
+<p>{{ human_audit }}</p>
+
+</section>
 <section id="parent">
 <h2>Parent version and what changed</h2>
 {% if change %}<p>Compared with {{ change.a }}: <b>{{ change.added }}</b> pairs added, <b>{{ change.removed }}</b> removed,
@@ -437,7 +442,7 @@ def flat_items(section: dict, prefix: str = "") -> list[tuple[str, str]]:
 
 def render_report(manifest: dict, stats: dict, df: pl.DataFrame, warnings: list[str],
                   change: dict | None = None, rebuild: tuple[str, str] | None = None,
-                  content_warnings: list[str] | None = None) -> str:
+                  content_warnings: list[str] | None = None, human_audit: str = "") -> str:
     """The report page; `change` is `pipeline.publish.diff.diff_versions(parent, this)` when there is a parent,
     `rebuild` (where to run it, command) as `pipeline.publish.card.rebuild` gives it (default: the manifest's)."""
     fig = figures(manifest, stats, df)
@@ -446,6 +451,7 @@ def render_report(manifest: dict, stats: dict, df: pl.DataFrame, warnings: list[
         m=manifest, s=stats, fig=fig, sample=sample_pairs(df), warnings=warnings, change=change,
         rebuild=rebuild or ("from where it was built", manifest.get("command", "")),
         content_warnings=content_warnings or [],
+        human_audit=human_audit or "Human audit: none yet.",
         hits=contamination_hits(manifest), models=model_rows(manifest), ches=ches_sentence(manifest, stats),
         length_bias=length_bias_sentence(stats), position_bias=position_bias_sentence(manifest),
         self_preference=self_preference_sentences(manifest), judge=flat_items(manifest.get("judge_reliability") or {}),

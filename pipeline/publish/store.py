@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from pipeline.ids import file_sha256
 from pipeline.names import check_dataset_name, parse_ref
+from pipeline.publish.paths import portable
 from pipeline.shards import count_rows
 
 ENV_DATA_ROOT = "PREFPIPE_DATA_ROOT"
@@ -175,7 +176,8 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
             extra_files: dict[str, Path] | None = None, unless_build_key: str | None = None) -> Path:
     """Assemble a version from shard files and publish it atomically; return its directory.
 
-    `manifest` is completed with version, parent, created_at, files and row counts;
+    `manifest` is completed with version, parent, created_at, files and row counts, and its paths
+    made relative (`paths.portable`: no absolute local path in a version);
     `write_card(tmp_version_dir, manifest)` writes the data card before the rename;
     `extra_files` maps a relative path inside the version to a file to copy there.
     With `unless_build_key`, a version already published under that build key (by a concurrent
@@ -203,7 +205,7 @@ def publish(root: Path, name: str, data_files: list[Path], dropped_files: list[P
             existing = list_versions(root, name)
             number = (existing[-1] + 1) if existing else 1
             manifest = {
-                **manifest,
+                **(portable(manifest, root) if "recipe_path" in manifest else manifest),
                 "name": name,
                 "version": version_name(number),
                 "parent_version": version_name(existing[-1]) if existing else None,

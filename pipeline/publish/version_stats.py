@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.filters.ches import STAGE as CHES_STAGE
+from pipeline.stages.pair_filters import ChesStage
 from pipeline.filters.length import bias_of_lengths
 from pipeline.tables import DROPPED, PAIR
 
@@ -180,7 +180,7 @@ def version_stats(version_dir: Path, df: pl.DataFrame | None = None, manifest: d
             if (version_dir / "manifest.json").is_file() else {}
     key = ches_key(manifest)
     ches = {"kept": metadata_values(df["metadata"], key).drop_nulls().to_list(),
-            "dropped": dropped_metadata_values(version_dir, CHES_STAGE, key)}
+            "dropped": dropped_metadata_values(version_dir, ChesStage.name, key)}
     models = sorted({m for c in ("chosen_model", "rejected_model") for m in df[c].drop_nulls().to_list()})
     return {
         "rows": df.height,

@@ -61,6 +61,7 @@ class BuildContext:
     versions: list[Path] = field(default_factory=list)  # earlier versions of the dataset
     incremental: bool = False
     plans: list[dict] = field(default_factory=list)  # per input: what to read (incremental.plan_inputs)
+    force: bool = False  # build even where a check says not to (the annotator gate)
 
 
 class Stage:
@@ -100,6 +101,10 @@ class Stage:
             return [Unit(inputs=[p for p, _ in shards], identities=[i for _, i in shards])]
         return [Unit(inputs=[p], identities=[i]) for p, i in shards]
 
+    def preflight(self) -> str | None:
+        """Checks before any stage of the build runs (raise to stop it); a line to report, or None."""
+        return None
+
     @contextmanager
     def resources(self) -> Iterator[dict]:
         """What every unit of one task shares (engines, request caches), opened lazily."""
@@ -111,6 +116,10 @@ class Stage:
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         """(manifest sections, extra files to publish: relative path -> file) of this stage."""
         return {}, {}
+
+    def progress_labels(self) -> list[str]:
+        """The labels this stage reports its progress under (`pipeline.progress`), each counting unit_in."""
+        return [self.name]
 
 
 class LazyEngines:

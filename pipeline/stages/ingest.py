@@ -27,7 +27,7 @@ class IngestStage(Stage):
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         p = unit.params
         return ingest_input(self.recipe.inputs[p["index"]], self.recipe.ingest, out, p["start_offset"],
-                            p["start_row"])
+                            p["start_row"], stage=self.name)
 
 
 class IncrementalStage(Stage):
@@ -45,4 +45,4 @@ class IncrementalStage(Stage):
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         seen = incremental.seen_ids(self.context.versions)
-        return incremental.drop_seen(Path(unit.inputs[0]), out, seen, self.recipe.ingest.shard_rows)
+        return incremental.drop_seen(Path(unit.inputs[0]), out, seen, self.recipe.ingest.shard_rows, stage=self.name)

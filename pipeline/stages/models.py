@@ -3,15 +3,18 @@ engine loads once per stage run (and not at all when every shard is cached)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.annotate import gate
 from pipeline.annotate.eval import annotator_engines
 from pipeline.annotate.reliability import self_preference
 from pipeline.annotate.stage import annotate_shard, judge_reliability
 from pipeline.cache import RequestCache
 from pipeline.engines.registry import open_engines
+from pipeline.filters.length import LengthConfig
 from pipeline.generate import generate_shard
 from pipeline.lineage import CANDIDATES, CONVERSATIONS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
@@ -42,7 +45,7 @@ class GenerateStage(Stage):
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         return generate_shard(Path(unit.inputs[0]), out, self.recipe.generate, resources["engines"].get(),
-                              resources["cache"])
+                              resources["cache"], stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         return {"models": {"generators": [{"name": m.name, "model": m.model or m.name, "engine": m.engine,
@@ -67,8 +70,19 @@ class AnnotateStage(Stage):
         with lazy_engines(lambda: annotator_engines(self.recipe.annotate)) as engines:
             yield {"engines": engines}
 
+    def _guard(self) -> LengthConfig | None:
+        length = self.recipe.filters.length
+        return length if length is not None and length.max_ratio is not None else None
+
+    def preflight(self) -> str | None:
+        if self.recipe.annotate.gate is None:
+            return None
+        return gate.sentence(gate.check(self.recipe.annotate, self._guard(), self.context.work_root,
+                                        self.context.force))
+
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        return annotate_shard(Path(unit.inputs[0]), out, self.recipe.annotate, resources["engines"].get())
+        return annotate_shard(Path(unit.inputs[0]), out, self.recipe.annotate, resources["engines"].get(),
+                              stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         config = self.recipe.annotate
@@ -83,4 +97,9 @@ class AnnotateStage(Stage):
         if stats_files:
             extra["judge_reliability"] = judge_reliability(stats_files)
         extra["warnings"] = self_preference(refs, {m.model or m.name for m in self.recipe.generate.models})
+        if config.gate is not None and (path := gate.report_path(config, self._guard(), self.context.work_root)
+                                        ).is_file():
+            report = json.loads(path.read_text())
+            report["gate"]["forced"] = not report["gate"]["passed"]  # published below the gate: forced
+            extra["annotator_eval"] = report
         return extra, {}

@@ -1,5 +1,6 @@
 """Pair filters: the per-shard length guard, and the cuts over the whole build (margin budget,
-CHES top fraction). Each decides keep or drop-with-reason; the shared loop counts and routes."""
+CHES top fraction). Each only decides keep or drop-with-reason (`pipeline.filters.pair_filter`:
+`RowFilter`, `BuildCut`); the base counts and routes."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import json
 from pathlib import Path
 
 from pipeline.filters.ches import ches_build, open_engine
-from pipeline.filters.length import length_shard
-from pipeline.filters.margin import margin_build
+from pipeline.filters.length import LengthGuard
+from pipeline.filters.margin import MarginCut
 from pipeline.lineage import PAIRS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
 from pipeline.stats import StageStats
@@ -31,7 +32,8 @@ class LengthStage(PairFilter):
     name = "length"
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        return length_shard(Path(unit.inputs[0]), out, self.settings, self.recipe.ingest.shard_rows)
+        return LengthGuard(self.settings, self.name).filter_shard(Path(unit.inputs[0]), out,
+                                                                 self.recipe.ingest.shard_rows)
 
 
 class MarginStage(PairFilter):
@@ -40,8 +42,9 @@ class MarginStage(PairFilter):
     outputs = "*/part-*.parquet"
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
-        return StageStats.total(self.name, margin_build([Path(s) for s in unit.inputs], out, self.settings,
-                                                        self.recipe.ingest.shard_rows))
+        cut = MarginCut(self.settings, self.name)
+        return StageStats.total(self.name, cut.filter_build([Path(s) for s in unit.inputs], out,
+                                                            self.recipe.ingest.shard_rows))
 
 
 class ChesStage(PairFilter):
@@ -53,7 +56,7 @@ class ChesStage(PairFilter):
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         with lazy_engines(lambda: {"ches": open_engine(self.settings)}) as engines:
             scoring, kept = ches_build([Path(s) for s in unit.inputs], out, self.settings, engines.get()["ches"],
-                                       self.recipe.ingest.shard_rows)
+                                       self.name, self.recipe.ingest.shard_rows)
         (out / "ches_scoring.json").write_text(json.dumps(scoring.to_dict()))
         total = StageStats.total(self.name, kept)
         # Pairs the scoring step could not score are drops of this stage too.
@@ -61,6 +64,9 @@ class ChesStage(PairFilter):
         total.rows_dropped += scoring.rows_dropped
         total.reasons.update(scoring.reasons)
         return total
+
+    def progress_labels(self) -> list[str]:
+        return [f"{self.name} scoring", self.name]  # as ches_score_shard reports
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         ches = self.settings

@@ -28,12 +28,12 @@ class PairsStage(Stage):
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         rows = self.recipe.ingest.shard_rows
         if self.recipe.generate is None:
-            return source_pairs(Path(unit.inputs[0]), out, rows)
+            return source_pairs(Path(unit.inputs[0]), out, rows, stage=self.name)
         candidates, annotations = Path(unit.inputs[0]), Path(unit.inputs[1])
         scores = sorted(annotations.glob("part-*.parquet"))
         comparison = sorted(annotations.glob("comparison-*.parquet"))
         return build_pairs(candidates, scores[0] if scores else None, out, self.recipe.pairs,
-                           comparison[0] if comparison else None, rows)
+                           comparison[0] if comparison else None, rows, stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         candidates = [p for r in results for p in sorted(Path(r.dir).glob("candidates-*.parquet"))]
