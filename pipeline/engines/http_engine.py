@@ -2,10 +2,21 @@
 
 An async core (httpx, at most `max_concurrency` requests in flight) runs on a private event-loop
 thread; the sync methods of the engine protocol submit to it, so stages stay plain functions.
-Each attempt goes to the next base URL (round-robin). Transient failures are retried with
-exponential backoff (tenacity): 429 (honouring Retry-After), 5xx, connection errors, timeouts,
-dropped connections and malformed responses. Other 4xx are the request's fault and raise
-`RequestRejected` at once. When the retry budget is spent, `EngineUnavailable` says so (no hang).
+
+Fleet: each attempt goes to the healthy server with the fewest outstanding requests (ties: the
+one sent the fewest so far, then list order), at most `max_concurrency_per_server` at a time, and
+preferring servers this request has not tried yet. A connection error, timeout, 5xx or malformed
+answer counts against a server; after `unhealthy_after` in a row it is taken out, the request is
+retried on another server at once, and `health_path` (`/v1/models`) is probed with exponential
+backoff until it answers 200, which brings the server back. With every server out, all are tried
+(panic mode: one server behaves as it always did), and an answer from one brings it back.
+`generate` and `score` return results in request order, so a fleet gives the same output as one
+server.
+
+Transient failures are retried with exponential backoff (tenacity): 429 (honouring Retry-After),
+5xx, connection errors, timeouts, dropped connections and malformed responses. Other 4xx are the
+request's fault and raise `RequestRejected` at once. When the retry budget is spent,
+`EngineUnavailable` says so (no hang). Options are validated by `HttpOptions`.
 
 The API key is read from the environment variable named by `api_key_env` at each request and is
 never stored on the engine, logged, or put in any message.
@@ -19,8 +30,8 @@ tokenizer (`tokenizer=`), or from vLLM's `/tokenize` endpoint for chat-template 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
-import itertools
 import logging
 import os
 import queue
@@ -31,9 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field, ValidationError, field_validator
 from tenacity import (AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt,
-                      stop_after_delay, wait_exponential_jitter)
+                      stop_after_delay, wait_exponential, wait_exponential_jitter)
 
+from pipeline.config import Strict, format_error
 from pipeline.engines import chat
 from pipeline.engines.base import (GENERATE, SCORE, TOP_LOGPROBS, ChatRequest, Completion,
                                    RequestRejected, ScoreRequest, TokenScores,
@@ -49,11 +62,55 @@ class EngineUnavailable(RuntimeError):
 
 
 class _Transient(Exception):
-    """A failure worth retrying (429, 5xx, network, timeout, malformed response)."""
+    """A failure worth retrying (429, 5xx, network, timeout, malformed response); `failover`: the
+    server was taken out and another is up, so retry there without waiting."""
 
-    def __init__(self, message: str, retry_after: float | None = None):
+    def __init__(self, message: str, retry_after: float | None = None, failover: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.failover = failover
+
+
+class HttpOptions(Strict):
+    """The HTTP engine's settings (a recipe's http model fields and `options`)."""
+
+    base_urls: list[str] = Field(min_length=1, description="OpenAI-compatible servers (with or "
+                                                           "without the trailing /v1)")
+    api_key_env: str | None = Field(None, description="NAME of the variable holding the API key")
+    tokenizer: str | Path | None = Field(None, description="Local tokenizer for scoring "
+                                                           "(default: the server's /tokenize)")
+    model_id: str | None = None
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight over the whole fleet")
+    max_concurrency_per_server: int | None = Field(
+        None, ge=1, description="Requests in flight on one server (default: no limit but the fleet's)")
+    timeout_s: float = Field(120.0, gt=0, description="Longest wait for one complete answer")
+    connect_timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(8, ge=1, description="Attempts per request, over all servers")
+    backoff_s: float = Field(0.5, ge=0)
+    max_backoff_s: float = Field(30.0, ge=0)
+    retry_budget_s: float = Field(600.0, gt=0, description="Give up on a request after this long")
+    unhealthy_after: int = Field(1, ge=1, description="Failures in a row that take a server out")
+    health_path: str = Field("/v1/models", pattern=r"^/",
+                             description="Probed (GET, 200 = healthy) to bring a server back")
+    probe_interval_s: float = Field(1.0, gt=0, description="First probe delay; doubles per failed probe")
+    max_probe_interval_s: float = Field(30.0, gt=0)
+
+    @field_validator("base_urls", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else list(value) if isinstance(value, tuple) else value
+
+
+@dataclasses.dataclass
+class ServerState:
+    """One server of the fleet as the engine sees it."""
+
+    url: str
+    healthy: bool = True
+    outstanding: int = 0  # attempts in flight now
+    sent: int = 0  # attempts dispatched so far
+    answered: int = 0  # 2xx answers parsed
+    failures: int = 0  # failed attempts in a row
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -83,41 +140,41 @@ class HttpEngine:
     kind = KIND
     OFFERS = frozenset({GENERATE, SCORE, TOP_LOGPROBS})
 
-    def __init__(self, model: str, base_urls: list[str] | str, *, api_key_env: str | None = None,
-                 tokenizer: str | Path | None = None, model_id: str | None = None,
-                 max_concurrency: int = 16, timeout_s: float = 120.0, connect_timeout_s: float = 10.0,
-                 max_attempts: int = 8, backoff_s: float = 0.5, max_backoff_s: float = 30.0,
-                 retry_budget_s: float = 600.0):
-        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
-        if not urls:
-            raise ValueError("HttpEngine needs at least one base URL")
-        if api_key_env is not None and api_key_env not in os.environ:
-            raise ValueError(f"environment variable {api_key_env!r} (the API key) is not set")
+    def __init__(self, model: str, base_urls: list[str] | str, **options: Any):
+        """`options`: see `HttpOptions` (a bad one raises ValueError naming it)."""
+        try:
+            opts = HttpOptions(base_urls=base_urls, **options)
+        except ValidationError as err:
+            raise ValueError(format_error("http engine", err).replace("\n", "; ")) from None
+        if opts.api_key_env is not None and opts.api_key_env not in os.environ:
+            raise ValueError(f"environment variable {opts.api_key_env!r} (the API key) is not set")
+        self.options = opts
         self.model = model  # the name the server knows the model by
-        self.model_id = model_id or model
-        self.base_urls = [_root(u) for u in urls]
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.timeout_s = timeout_s
-        self.max_attempts = max_attempts
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
-        self.retry_budget_s = retry_budget_s
+        self.model_id = opts.model_id or model
+        self.base_urls = [_root(u) for u in opts.base_urls]
+        self.api_key_env = opts.api_key_env
+        self.max_concurrency = opts.max_concurrency
+        self.timeout_s = opts.timeout_s
+        self.max_attempts = opts.max_attempts
+        self.max_backoff_s = opts.max_backoff_s
+        self.retry_budget_s = opts.retry_budget_s
         self.capabilities = self.OFFERS
-        self._urls = itertools.cycle(self.base_urls)
-        self._backoff = wait_exponential_jitter(multiplier=backoff_s, jitter=backoff_s,
-                                                max=max_backoff_s)
+        self._servers = [ServerState(u) for u in self.base_urls]
+        self._probes: dict[int, asyncio.Task] = {}
+        self._backoff = wait_exponential_jitter(multiplier=opts.backoff_s, jitter=opts.backoff_s,
+                                                max=opts.max_backoff_s)
         self._tokenizer = None
-        if tokenizer is not None:
+        if opts.tokenizer is not None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(tokenizer))
+            self._tokenizer = AutoTokenizer.from_pretrained(str(opts.tokenizer))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="http-engine", daemon=True)
         self._thread.start()
-        self._timeout = httpx.Timeout(timeout_s, connect=connect_timeout_s)
+        self._timeout = httpx.Timeout(opts.timeout_s, connect=opts.connect_timeout_s)
         self._client: httpx.AsyncClient = self._run(self._open())
         self._sem: asyncio.Semaphore = self._run(self._semaphore())
+        self._changed: asyncio.Event = self._run(self._event())
 
     def __repr__(self) -> str:
         return (f"HttpEngine(model={self.model!r}, base_urls={self.base_urls!r}, "
@@ -128,12 +185,15 @@ class HttpEngine:
     # -- event loop plumbing -------------------------------------------------------------------
 
     async def _open(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.max_concurrency,
-                              max_keepalive_connections=self.max_concurrency)
+        connections = self.max_concurrency + len(self._servers)  # + one health probe per server
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         return httpx.AsyncClient(timeout=self._timeout, limits=limits)
 
     async def _semaphore(self) -> asyncio.Semaphore:
         return asyncio.Semaphore(self.max_concurrency)
+
+    async def _event(self) -> asyncio.Event:
+        return asyncio.Event()
 
     def _run(self, coro):
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -183,31 +243,125 @@ class HttpEngine:
 
     def _wait(self, state) -> float:
         exc = state.outcome.exception() if state.outcome else None
-        backoff = self._backoff(state)
         if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return min(max(exc.retry_after, backoff), self.max_backoff_s)
-        return backoff
+            return min(max(exc.retry_after, self._backoff(state)), self.max_backoff_s)
+        if isinstance(exc, _Transient) and exc.failover:
+            return 0.0
+        return self._backoff(state)
 
-    async def _attempt(self, path: str, body: dict, parse: Callable[[dict], Any]) -> Any:
-        url = next(self._urls) + path
+    # -- the fleet: dispatch by load, take failing servers out, probe them back ------------------
+
+    def servers(self) -> list[ServerState]:
+        """A snapshot of each server's state, in `base_urls` order."""
+        async def snapshot() -> list[ServerState]:
+            return [dataclasses.replace(s) for s in self._servers]
+
+        return [dataclasses.replace(s) for s in self._servers] if self._loop.is_closed() \
+            else self._run(snapshot())
+
+    def _notify(self) -> None:
+        """Wake every request waiting for a server (a slot freed, a server out or back)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _pick(self, tried: set[int]) -> int | None:
+        limit = self.options.max_concurrency_per_server
+        up = [i for i, s in enumerate(self._servers) if s.healthy] or range(len(self._servers))
+        free = [i for i in up if limit is None or self._servers[i].outstanding < limit]
+        if not free:
+            return None
+        return min(free, key=lambda i: (i in tried, self._servers[i].outstanding,
+                                        self._servers[i].sent, i))
+
+    async def _acquire(self, tried: set[int]) -> int:
+        while (i := self._pick(tried)) is None:
+            await self._changed.wait()
+        self._servers[i].outstanding += 1
+        self._servers[i].sent += 1
+        tried.add(i)
+        return i
+
+    def _release(self, i: int) -> None:
+        self._servers[i].outstanding -= 1
+        self._notify()
+
+    def _alive(self, i: int, sent_while_out: bool) -> None:
+        """Server i answered (2xx or the request's own 4xx). An answer to an attempt sent while it
+        was out (panic mode) brings it back; one sent before it was taken out does not."""
+        server = self._servers[i]
+        if server.healthy:
+            server.failures = 0
+        elif sent_while_out:
+            self._bring_back(i)
+
+    def _bring_back(self, i: int) -> None:
+        server = self._servers[i]
+        server.healthy, server.failures = True, 0
+        if (probe := self._probes.pop(i, None)) is not None and probe is not asyncio.current_task():
+            probe.cancel()
+        log.warning("HTTP fleet: %s is back", server.url)
+        self._notify()
+
+    def _failed(self, i: int, message: str) -> _Transient:
+        """Count a failure against server i (taking it out after `unhealthy_after` in a row);
+        the error to retry with."""
+        server = self._servers[i]
+        server.failures += 1
+        if server.healthy and server.failures >= self.options.unhealthy_after:
+            server.healthy = False
+            log.warning("HTTP fleet: taking %s out (%s)", server.url, message)
+            self._probes[i] = self._loop.create_task(self._probe_until_up(i))
+            self._notify()
+        failover = not server.healthy and any(s.healthy for s in self._servers)
+        return _Transient(message, failover=failover)
+
+    async def _probe_until_up(self, i: int) -> None:
+        url = self._servers[i].url + self.options.health_path
+        interval, longest = self.options.probe_interval_s, self.options.max_probe_interval_s
+        retrying = AsyncRetrying(  # until it answers (or the engine closes and cancels this)
+            wait=wait_exponential(multiplier=interval, min=interval, max=longest),
+            retry=retry_if_exception_type((_Transient, httpx.HTTPError, EngineUnavailable)))
+        await asyncio.sleep(interval)
+        async for attempt in retrying:
+            with attempt:
+                resp = await self._client.get(url, headers=self._headers(),
+                                              timeout=self.options.connect_timeout_s)
+                if resp.status_code != 200:
+                    raise _Transient(f"{url}: HTTP {resp.status_code}")
+        self._bring_back(i)
+
+    # -- one HTTP call with retries ------------------------------------------------------------
+
+    async def _attempt(self, path: str, body: dict, parse: Callable[[dict], Any],
+                       tried: set[int]) -> Any:
         async with self._sem:
+            i = await self._acquire(tried)
+            url, sent_while_out = self._servers[i].url + path, not self._servers[i].healthy
             try:
                 async with asyncio.timeout(self.timeout_s):
                     resp = await self._client.post(url, json=body, headers=self._headers())
             except TimeoutError:
-                raise _Transient(f"{url}: no complete answer within {self.timeout_s}s") from None
+                raise self._failed(i, f"{url}: no complete answer within {self.timeout_s}s") from None
             except httpx.TransportError as err:
-                raise _Transient(f"{url}: {type(err).__name__}: {err}".rstrip(": ")) from None
+                raise self._failed(i, f"{url}: {type(err).__name__}: {err}".rstrip(": ")) from None
+            finally:
+                self._release(i)
         status = resp.status_code
-        if status == 429 or status >= 500:
+        if status == 429:  # up, but busy: try elsewhere, no sooner than it asks
             raise _Transient(f"{url}: HTTP {status}",
                              retry_after=_retry_after_seconds(resp.headers.get("retry-after")))
+        if status >= 500:
+            raise self._failed(i, f"{url}: HTTP {status}")
         if status >= 400:
+            self._alive(i, sent_while_out)
             raise RequestRejected(f"{url}: HTTP {status}: {resp.text[:500]}")
         try:
-            return parse(resp.json())
+            result = parse(resp.json())
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
-            raise _Transient(f"{url}: malformed response ({type(err).__name__}: {err})") from None
+            raise self._failed(i, f"{url}: malformed response ({type(err).__name__}: {err})") from None
+        self._servers[i].answered += 1
+        self._alive(i, sent_while_out)
+        return result
 
     async def _post(self, path: str, body: dict, parse: Callable[[dict], Any]) -> Any:
         start = time.monotonic()
@@ -216,10 +370,11 @@ class HttpEngine:
             wait=self._wait, retry=retry_if_exception_type(_Transient), reraise=False,
             before_sleep=lambda s: log.warning("retrying %s (attempt %d): %s", path,
                                                s.attempt_number, s.outcome.exception()))
+        tried: set[int] = set()
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(path, body, parse)
+                    return await self._attempt(path, body, parse, tried)
         except RetryError as err:
             last = err.last_attempt.exception()
             raise EngineUnavailable(
@@ -343,10 +498,16 @@ class HttpEngine:
     def reward(self, requests: list[ScoreRequest]) -> list[float]:
         raise UnsupportedCapability("the HTTP engine does not serve reward models")
 
+    async def _shutdown(self) -> None:
+        for probe in self._probes.values():
+            probe.cancel()
+        await asyncio.gather(*self._probes.values(), return_exceptions=True)
+        await self._client.aclose()
+
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        self._run(self._client.aclose())
+        self._run(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._loop.close()
