@@ -8,9 +8,11 @@ flow maps any stage the same way (`run_stage`) and knows none by name. Tasks pas
 and `StageResult`s, never DataFrames. Every unit of work is keyed by its input content + stage
 config + code version (`Stage.key`), both in its Prefect cache key (with the data root) and as the
 directory its output lands in, so a rerun after a crash redoes only unfinished shards and a
-repeated build computes nothing. Per-shard stages fan out one task per shard (over Dask workers
-with a DaskTaskRunner); whole-build stages and model stages (one engine set per stage run) are
-one task each.
+repeated build computes nothing. Per-shard stages, model stages included, fan out one task per
+shard (over Dask workers with a DaskTaskRunner); whole-build stages are one task each. A model
+task takes its engines from its process's resident pool (`pipeline.engines.pool`): loaded once
+per Dask worker and kept until the worker stops (`engine_pool_plugin`); in a local run the flow
+closes them after each model stage, so one stage's engines are loaded at a time.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from prefect.tasks import exponential_backoff  # noqa: E402
 
 from pipeline import build as B  # noqa: E402
 from pipeline import incremental, progress  # noqa: E402
+from pipeline.engines import pool  # noqa: E402
 from pipeline.engines.http_engine import EngineUnavailable  # noqa: E402
 from pipeline.ids import content_id  # noqa: E402
-from pipeline.lineage import expected_rows_in  # noqa: E402
+from pipeline.lineage import LineageError, expected_rows_in  # noqa: E402
 from pipeline.recipe import Recipe, load_recipe  # noqa: E402
 from pipeline.runner import run_units, units_complete  # noqa: E402
 from pipeline.stages import BuildContext, Stage, StageResult, Unit, build_stages  # noqa: E402
@@ -89,9 +92,21 @@ def publish_task(root: str, recipe: Recipe, recipe_path: str, inputs: list[dict]
 
 
 def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[StageResult]:
-    """One Prefect task per unit (per-shard stages) or one for all units (whole-build stages, and
-    model stages, whose engines load once per task); each keyed by its units' content."""
+    """The stage's prelude (if it has one) over the previous stage's results, then the stage over
+    the prelude's (CHES: scoring per shard, then the cut over the whole build)."""
     upstream = list(results.values())[-1] if results else []
+    if stage.prelude is not None:
+        prelude = stage.prelude(stage.recipe, stage.context)
+        upstream = run_step(prelude, upstream, results)
+        if dropped := B.merge_stats(prelude.name, upstream).rows_dropped:  # it has no funnel row
+            raise LineageError(f"{prelude.name} dropped {dropped} {prelude.unit_in}; a prelude must keep every row")
+    return run_step(stage, upstream, results)
+
+
+def run_step(stage: Stage, upstream: list[StageResult], results: dict[str, list[StageResult]]
+             ) -> list[StageResult]:
+    """One Prefect task per unit (per-shard stages) or one for all units (whole-build stages); each
+    keyed by its units' content."""
     units = stage.units(upstream, results)
     groups = [[u] for u in units] if stage.kind == "shard" else [units]
     log = get_run_logger()
@@ -108,6 +123,8 @@ def run_stage(stage: Stage, results: dict[str, list[StageResult]]) -> list[Stage
         key = content_id(stage.name, [stage.key(u) for u in group])
         futures.append(task_fn.submit(stage=stage, units=group, key=key, work_root=str(stage.context.work_root)))
     results = [r for f in futures for r in f.result()]
+    if stage.roles:  # local run: its engines were loaded here; on Dask this process holds none
+        pool.close_all()
     total = B.merge_stats(stage.name, results)
     for label in stage.progress_labels():
         progress.finish(label, total.rows_in)
@@ -196,10 +213,31 @@ def run_tags(dataset: str, incremental: bool):
     return tags("prefpipe", f"dataset:{dataset}", "incremental" if incremental else "build")
 
 
+def engine_pool_plugin():
+    """A Dask worker plugin that closes the worker's resident engines (`pipeline.engines.pool`)
+    when the worker stops. Built here and pickled by value, so workers never import this module."""
+    from distributed import WorkerPlugin
+
+    class EnginePool(WorkerPlugin):
+        name = "prefpipe-engine-pool"
+        idempotent = True  # kept on a later build's registration (replacing it would close the engines)
+
+        def teardown(self, worker):
+            from pipeline.engines import pool as worker_pool
+
+            worker_pool.close_all()
+
+    return EnginePool()
+
+
 def build_flow(dask_address: str | None = None):
-    """`build_dataset` on the local runner, or with its tasks on an existing Dask cluster."""
+    """`build_dataset` on the local runner, or with its tasks on an existing Dask cluster (whose
+    workers then close their resident engines when they stop)."""
     if not dask_address:
         return build_dataset
+    from distributed import Client
     from prefect_dask import DaskTaskRunner
 
+    with Client(dask_address, timeout=60) as client:
+        client.register_plugin(engine_pool_plugin())
     return build_dataset.with_options(task_runner=DaskTaskRunner(address=dask_address))

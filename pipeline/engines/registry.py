@@ -45,12 +45,19 @@ def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -
     return ENGINES[engine](resolve(name_or_spec), **opts)
 
 
+def spec_key(spec: EngineSpec) -> str:
+    """What identifies an engine: same model, kind and options -> one engine."""
+    model, kind, options = spec
+    return json.dumps([str(model), kind, options], sort_keys=True, default=str)
+
+
 def open_engines(specs: Mapping[str, EngineSpec]) -> dict[str, Engine]:
-    """One engine per role; roles asking for the same model, kind and options share one."""
+    """One engine per role; roles asking for the same model, kind and options share one. (Stages
+    take theirs from the process's resident pool instead: `pipeline.engines.pool`.)"""
     loaded: dict[str, Engine] = {}
     engines: dict[str, Engine] = {}
     for role, (model, kind, options) in specs.items():
-        key = json.dumps([str(model), kind, options], sort_keys=True, default=str)
+        key = spec_key((model, kind, options))
         if key not in loaded:
             loaded[key] = load_engine(model, kind, **options)
         engines[role] = loaded[key]

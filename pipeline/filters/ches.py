@@ -52,12 +52,17 @@ class ChesConfig(Strict):
         32, ge=1, description="(prompt, response) forward passes handed to the engine per call")
 
 
+def engine_spec(config: ChesConfig) -> tuple[str, str, dict]:
+    """(model, engine kind, options): the transformers engine on the model to be trained (the one
+    engine that exposes hidden states)."""
+    return config.model, "transformers", {"dtype": config.dtype, "batch_size": config.batch_size}
+
+
 def open_engine(config: ChesConfig) -> Engine:
-    """The transformers engine on the model to be trained (the one engine that exposes hidden
-    states)."""
     from pipeline.engines.registry import load_engine
 
-    return load_engine(config.model, "transformers", dtype=config.dtype, batch_size=config.batch_size)
+    model, kind, options = engine_spec(config)
+    return load_engine(model, kind, **options)
 
 
 def ches(h_chosen: np.ndarray, h_rejected: np.ndarray) -> tuple[float, float | None]:

@@ -10,14 +10,16 @@ units run. Results cross the seam as `StageResult`s: paths and counts, never row
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.engines import pool
+from pipeline.engines.registry import EngineSpec
 from pipeline.keys import stage_key
 from pipeline.recipe import Recipe
 from pipeline.stats import StageStats
@@ -75,6 +77,10 @@ class Stage:
     roles: ClassVar[tuple[str, ...]] = ()  # engine roles it opens (model stages)
     outputs: ClassVar[str] = "part-*.parquet"  # glob of the shards the next stage reads
     ends_build_when_empty: ClassVar[bool] = False  # nothing out: the build has nothing new
+    # A step the executor runs first over this stage's upstream, whose outputs become this stage's
+    # upstream (CHES: scoring per shard, then the cut over the whole build). It has no funnel row of
+    # its own, so it must drop nothing (the executor checks); it is not in the registry.
+    prelude: ClassVar[type[Stage] | None] = None
 
     def __init__(self, recipe: Recipe, context: BuildContext):
         self.recipe = recipe
@@ -123,25 +129,28 @@ class Stage:
 
 
 class LazyEngines:
-    """Opens a stage's engines on first use (all units cached: never), closes them at the end."""
+    """A task's engines, taken on first use (all units cached: never) from the process's resident
+    pool (`pipeline.engines.pool`: loaded once per process, held under their locks by this task)
+    and handed back, not closed, at the end."""
 
-    def __init__(self, opener):
-        self.opener = opener
+    def __init__(self, specs: Mapping[str, EngineSpec]):
+        self.specs = specs
         self.engines: dict = {}
+        self._held = ExitStack()
 
     def get(self) -> dict:
         if not self.engines:
-            self.engines = self.opener()
+            self.engines = self._held.enter_context(pool.engines(self.specs))
         return self.engines
 
     def close(self) -> None:
-        for engine in {id(e): e for e in self.engines.values()}.values():
-            engine.close()
+        self.engines = {}
+        self._held.close()
 
 
 @contextmanager
-def lazy_engines(opener) -> Iterator[LazyEngines]:
-    engines = LazyEngines(opener)
+def lazy_engines(specs: Mapping[str, EngineSpec]) -> Iterator[LazyEngines]:
+    engines = LazyEngines(specs)
     try:
         yield engines
     finally:

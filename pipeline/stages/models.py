@@ -1,5 +1,6 @@
-"""Model stages: generate candidates, annotate them. One task runs every shard of the build so each
-engine loads once per stage run (and not at all when every shard is cached)."""
+"""Model stages: generate candidates, annotate them. One task per shard, so shards spread over Dask
+workers; each task takes its engines from its process's resident pool (`pipeline.engines.pool`), so
+an engine loads once per worker process (and not at all where every shard is cached)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.annotate import gate
-from pipeline.annotate.eval import annotator_engines
 from pipeline.annotate.reliability import self_preference
 from pipeline.annotate.stage import annotate_shard, judge_reliability
 from pipeline.cache import RequestCache
-from pipeline.engines.registry import open_engines
 from pipeline.filters.length import LengthConfig
 from pipeline.generate import generate_shard
 from pipeline.lineage import CANDIDATES, CONVERSATIONS
@@ -24,7 +23,6 @@ from pipeline.stats import StageStats
 class GenerateStage(Stage):
     name = "generate"
     sections = ("generate",)
-    kind = "build"
     unit_in, unit_out = CONVERSATIONS, CANDIDATES
     roles = ("generator",)
 
@@ -32,14 +30,10 @@ class GenerateStage(Stage):
     def enabled(cls, recipe, context: BuildContext) -> bool:
         return recipe.generate is not None
 
-    def units(self, upstream: list[StageResult], earlier: dict[str, list[StageResult]]) -> list[Unit]:
-        """Per shard, though the stage is one task: shards are cached one by one."""
-        return [Unit(inputs=[p], identities=[i]) for r in upstream for p, i in r.shards()]
-
     @contextmanager
     def resources(self) -> Iterator[dict]:
         specs = {s.name: s.engine_spec() for s in self.recipe.generate.models}
-        with lazy_engines(lambda: open_engines(specs)) as engines, \
+        with lazy_engines(specs) as engines, \
                 RequestCache.in_work_dir(self.context.work_root) as cache:
             yield {"engines": engines, "cache": cache}
 
@@ -55,7 +49,6 @@ class GenerateStage(Stage):
 class AnnotateStage(Stage):
     name = "annotate"
     sections = ("annotate", "generate")
-    kind = "build"
     unit_in, unit_out = CANDIDATES, "annotations"
     roles = ("judge", "strong", "weak", "reward")
 
@@ -63,11 +56,12 @@ class AnnotateStage(Stage):
     def enabled(cls, recipe, context: BuildContext) -> bool:
         return recipe.generate is not None
 
-    units = GenerateStage.units
-
     @contextmanager
     def resources(self) -> Iterator[dict]:
-        with lazy_engines(lambda: annotator_engines(self.recipe.annotate)) as engines:
+        config = self.recipe.annotate  # the specs `annotate.eval.annotator_engines` opens
+        specs = {role: (m.model, m.engine, m.options) for role in config.roles()
+                 for m in [getattr(config.models, role)]}
+        with lazy_engines(specs) as engines:
             yield {"engines": engines}
 
     def _guard(self) -> LengthConfig | None:
