@@ -5,6 +5,7 @@ and CHES filters -> publish, through `prefpipe build` (Prefect, ephemeral API)."
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import datasets
 import polars as pl
@@ -107,7 +108,8 @@ def test_pairs_carry_scores_provenance_and_ches(full_build, weak_model_dir):
     candidates = pl.read_parquet(version / "candidates/*.parquet")
     assert candidates.height == 12 * 4
     assert set(candidates["origin"]) == {"on_policy", "off_policy"}
-    assert m["models"]["density_ratio"]["weak"] == str(weak_model_dir)
+    weak = m["models"]["density_ratio"]["weak"]  # a local model dir, relative to the data root
+    assert not Path(weak).is_absolute() and (version.parents[2] / weak).resolve() == Path(weak_model_dir).resolve()
     assert m["models"]["generators"][0]["engine"] == "vllm"
     assert m["ches"]["fraction"] == 0.2
 
