@@ -43,7 +43,6 @@ from pipeline.config import Strict
 from pipeline.shards import DroppedWriter
 from pipeline.stats import StageStats
 
-STAGE = "decontam"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = REPO / "data" / "benchmarks.yaml"
 REPORT_FILE = "decontam_report.json"
@@ -253,7 +252,7 @@ def _item_embeddings(index: BenchmarkIndex, config: DecontamConfig) -> np.ndarra
     return vectors
 
 
-@dataclass
+@dataclass(slots=True)
 class Hit:
     row: int
     item: int
@@ -285,48 +284,53 @@ def _coverage(table: GramTable, rows: np.ndarray, u: np.ndarray, n_items: int
     same = np.r_[key[1:] == key[:-1], False]
     step = np.where(same, np.minimum(np.r_[pos[1:] - pos[:-1], 0], table.n), table.n)
     step = np.minimum(step, table.lengths[key % n_items])
-    ukey, first = np.unique(key, return_index=True)
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])  # key is sorted: no np.unique sort
+    ukey = key[first]
     return ukey, np.add.reduceat(step, first) / table.lengths[ukey % n_items]
 
 
-def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig
-               ) -> list[Sequence[Hit]]:
-    """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap.
+def ngram_hits(texts: pa.StringArray | list[str], index: BenchmarkIndex, config: DecontamConfig,
+               row_offset: int = 0) -> list[Sequence[Hit]]:
+    """Tier 1 for a batch of raw texts: per row, every item whose overlap >= min_overlap, best
+    first (hit rows are numbered from `row_offset`).
 
-    The configured gram sizes run in increasing order, each only over the rows that matched a
-    gram of the previous size (an item's n-gram contains its smaller grams, and every item
-    indexed at a larger size is indexed at the smaller one too). Tables of short items (below
-    the smallest size) run over every row."""
+    Only the smallest configured gram size is matched, with the tables of short items (below
+    it): a row holding an item's larger n-gram holds all its smaller grams inside it, and every
+    item indexed at a larger size is indexed at the smaller one too, so larger sizes never
+    cover more of an item (they used to run over the rows that matched the smaller size and
+    never changed a score). A (row, item) found in several tables keeps its best overlap."""
     norm = normalize_texts(texts, config.normalize, collapse_whitespace=False)
     tokens = tokenize(norm)
     n_items = len(index.items)
-    best: dict[int, float] = {}
-    sizes = sorted(set(config.ngram_sizes))
-    short = [n for n in index.tables if n < sizes[0]]
-    candidates: np.ndarray | None = None  # rows still able to match the next configured size
-    for n in short + sizes:
+    keys: list[np.ndarray] = []
+    scores: list[np.ndarray] = []
+    smallest = min(config.ngram_sizes)
+    for n in [n for n in index.tables if n < smallest] + [smallest]:
         table = index.tables[n]
-        rows_in = candidates if n in sizes else None
-        if rows_in is not None and not len(rows_in):
-            continue
-        grams, docs = index.candidate_grams(tokens, n, rows_in)
+        grams, docs = index.candidate_grams(tokens, n, None)
         found, u = table.lookup(grams)
         rows = docs[found]
-        if n in sizes:
-            candidates = np.unique(rows)
         if not len(rows):
             continue
         ukey, frac = _coverage(table, rows, u, n_items)
         sel = frac >= config.min_overlap
-        for k, f in zip(ukey[sel].tolist(), frac[sel].tolist()):
-            if f > best.get(k, 0.0):
-                best[k] = min(f, 1.0)
-    found: dict[int, list[Hit]] = defaultdict(list)
-    for k, f in best.items():
-        found[k // n_items].append(Hit(k // n_items, k % n_items, "ngram", f))
+        keys.append(ukey[sel])
+        scores.append(np.minimum(frac[sel], 1.0))
     out: list[Sequence[Hit]] = [NO_HITS] * len(norm)  # one shared empty row: no per-row objects
-    for r, hits in found.items():
-        out[r] = sorted(hits, key=lambda h: (-h.score, h.item))
+    if not keys or not sum(len(k) for k in keys):
+        return out
+    key, score = np.concatenate(keys), np.concatenate(scores)
+    order = np.lexsort((-score, key))  # per (row, item): the best size first
+    key, score = key[order], score[order]
+    first = np.r_[True, key[1:] != key[:-1]]
+    key, score = key[first], score[first]
+    row, item = key // n_items, key % n_items
+    order = np.lexsort((item, -score, row))  # per row: best overlap first, then item order
+    row, item, score = row[order].tolist(), item[order].tolist(), score[order].tolist()
+    starts = [0] + [q for q in range(1, len(row)) if row[q] != row[q - 1]] + [len(row)]
+    for a, b in zip(starts[:-1], starts[1:]):
+        r = row[a]
+        out[r] = [Hit(r + row_offset, item[q], "ngram", score[q]) for q in range(a, b)]
     return out
 
 
@@ -351,10 +355,10 @@ def match_texts(texts: pa.StringArray | list[str], index: BenchmarkIndex, config
     starts = range(0, len(arr), config.batch_rows)
     hits: list[Sequence[Hit]] = [NO_HITS] * len(arr)
     for start, batch in zip(starts, map_batches(
-            lambda s: ngram_hits(arr.slice(s, config.batch_rows), index, config), starts, config.workers)):
+            lambda s: ngram_hits(arr.slice(s, config.batch_rows), index, config, s), starts, config.workers)):
         for r, row in enumerate(batch):
             if row:
-                hits[start + r] = [Hit(start + h.row, h.item, h.tier, h.score) for h in row]
+                hits[start + r] = row
     if config.embedding.enabled:
         rest = [r for r, h in enumerate(hits) if not h]
         for s in range(0, len(rest), config.batch_rows):
@@ -366,7 +370,7 @@ def match_texts(texts: pa.StringArray | list[str], index: BenchmarkIndex, config
 
 
 def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
-                        index: BenchmarkIndex, position: int = 0) -> StageStats:
+                        index: BenchmarkIndex, position: int = 0, *, stage: str) -> StageStats:
     """Write `part-<position>.parquet` without contaminated rows, drops, and `hits-<position>.json`.
 
     Output names come from the shard's position in the build, never from its file name: shards of
@@ -376,9 +380,9 @@ def decontaminate_shard(in_shard: Path, out_dir: Path, config: DecontamConfig,
     out_dir.mkdir(parents=True, exist_ok=True)
     table = pq.read_table(in_shard)
     ids = table.column(config.id_column).to_pylist()
-    stats = StageStats(STAGE)
-    dropped = DroppedWriter(out_dir, STAGE)
-    dropped.prefix = f"dropped-{STAGE}-{name}"
+    stats = StageStats(stage)
+    dropped = DroppedWriter(out_dir, stage)
+    dropped.prefix = f"dropped-{stage}-{name}"
     mask = np.ones(table.num_rows, bool)
     record = []
     matched = [(r, hits) for r, hits in enumerate(match_texts(table_texts(table, config.text_columns), index, config))
@@ -431,10 +435,10 @@ def write_report(out_dir: Path, index: BenchmarkIndex, config: DecontamConfig) -
 
 
 def decontaminate_shards(in_shards: list[Path], out_dir: Path, config: DecontamConfig = DecontamConfig(),
-                         index: BenchmarkIndex | None = None) -> StageStats:
+                         index: BenchmarkIndex | None = None, *, stage: str) -> StageStats:
     """Build the index once, decontaminate every shard, write the report."""
     index = index or build_benchmark_index(config)
-    stats = StageStats.total(STAGE, [decontaminate_shard(s, out_dir, config, index, n)
+    stats = StageStats.total(stage, [decontaminate_shard(s, out_dir, config, index, n, stage=stage)
                                      for n, s in enumerate(in_shards)])
     write_report(out_dir, index, config)
     return stats

@@ -4,8 +4,9 @@ A multi-step algorithm over all shards of a build, like datatrove's MinHash step
 
 1. `sketch_shard` (per shard): normalised-text hash + MinHash signature of every row.
 2. `resolve` (global): first occurrence wins, in the order (earlier versions, shard order, row
-   order). Exact duplicates by hash; near duplicates by LSH buckets, verified by estimated
-   Jaccard, connected into clusters whose lowest-ordered member is kept.
+   order). Exact duplicates by hash; near duplicates by LSH buckets, verified by the exact
+   Jaccard of the two rows' shingle sets (kept from step 1; estimated from the signatures for
+   rows of earlier versions), connected into clusters whose lowest-ordered member is kept.
 3. `semantic_pass` (optional, global): embeddings of the surviving rows, greedy in order against
    a FAISS inner-product index that already holds earlier versions' embeddings.
 4. `write_shard` (per shard): `part-NNNNN.parquet` with the kept rows and the drops in
@@ -29,7 +30,7 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import Field, model_validator
 
-from pipeline.filters import minhash
+from pipeline.filters import kernels, minhash
 from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
 from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
 from pipeline.filters.parallel import map_batches, workers_field
@@ -37,7 +38,6 @@ from pipeline.config import Strict
 from pipeline.shards import DroppedWriter
 from pipeline.stats import StageStats
 
-STAGE = "dedup"
 INDEX_FORMAT = 2  # 2: non-ASCII letters survive punctuation folding
 
 
@@ -96,6 +96,7 @@ class Sketch:
     signatures: np.ndarray  # uint32 (rows x num_perm)
     has_sig: np.ndarray  # bool
     canonical: list[str] | None = None  # previous versions: the published row each row maps to
+    sets: minhash.ShingleSets | None = None  # current rows: shingle sets for exact verification
 
     def published(self, i: int) -> str:
         return self.canonical[i] if self.canonical is not None else self.ids[i]
@@ -104,14 +105,21 @@ class Sketch:
     def concat(cls, parts: list["Sketch"], num_perm: int) -> "Sketch":
         if not parts:
             return cls([], np.zeros(0, np.uint64), np.zeros((0, num_perm), np.uint32), np.zeros(0, bool))
+        sets = minhash.ShingleSets.concat([p.sets for p in parts]) if all(p.sets for p in parts) else None
         return cls([i for p in parts for i in p.ids], np.concatenate([p.exact for p in parts]),
                    np.concatenate([p.signatures for p in parts]), np.concatenate([p.has_sig for p in parts]),
-                   [p.published(i) for p in parts for i in range(len(p.ids))])
+                   [p.published(i) for p in parts for i in range(len(p.ids))], sets)
 
 
 def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(exact hashes, signatures, has_sig) of a batch of raw texts (exact hashes are 0 when
     exact dedup is off)."""
+    return sketch_batch(texts, config, keep_sets=False)[:3]
+
+
+def sketch_batch(texts: pa.StringArray | list[str], config: DedupConfig, keep_sets: bool = True
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, minhash.ShingleSets | None]:
+    """`sketch_texts` plus, with `keep_sets` and near dedup on, the texts' shingle sets."""
     norm = normalize_texts(texts, config.normalize, collapse_whitespace=config.exact)
     exact = np.zeros(len(norm), np.uint64)
     if config.exact:
@@ -124,14 +132,36 @@ def sketch_texts(texts: pa.StringArray | list[str], config: DedupConfig) -> tupl
                 exact[i] = xxhash.xxh3_64_intdigest(b"raw\0" + (t or "").encode("utf-8"))
     near = config.near
     if not near.enabled:
-        return exact, np.zeros((len(norm), 0), np.uint32), np.zeros(len(norm), bool)
+        return exact, np.zeros((len(norm), 0), np.uint32), np.zeros(len(norm), bool), None
     tokens = tokenize(norm)
+    sets = None
     if near.sketch == "oph":  # shingling, hashing and densifying fused in one compiled pass
-        sig, has = minhash.oph_sketch(tokens, near.shingle_size, near.num_perm, near.seed)
+        if keep_sets:
+            sig, has, sets = minhash.oph_sketch_sets(tokens, near.shingle_size, near.num_perm, near.seed)
+        else:
+            sig, has = minhash.oph_sketch(tokens, near.shingle_size, near.num_perm, near.seed)
     else:
         grams, docs = ngram_hashes(tokens, near.shingle_size, whole_if_shorter=True)
         sig, has = minhash.kperm_signatures(grams, docs, len(norm), near.num_perm, near.seed)
-    return exact, sig, has
+        if keep_sets:
+            sets = minhash.gram_sets(grams, docs, len(norm), near.seed)
+    return exact, sig, has, sets
+
+
+def sketch_rows(texts: pa.StringArray, config: DedupConfig, ids: list[str]) -> Sketch:
+    """The `Sketch` of any number of texts, in `batch_rows` batches on `workers` threads (with
+    the shingle sets when candidates are verified exactly)."""
+    near = config.near
+    keep = near.enabled and near.verify  # verified by exact Jaccard: 4 bytes per shingle in memory
+    starts = range(0, len(texts), config.batch_rows)
+    parts = map_batches(lambda s: sketch_batch(texts.slice(s, config.batch_rows), config, keep), starts,
+                        config.workers)
+    k = near.num_perm if near.enabled else 0
+    if not parts:
+        return Sketch(ids, np.zeros(0, np.uint64), np.zeros((0, k), np.uint32), np.zeros(0, bool),
+                      sets=minhash.ShingleSets.empty(0) if keep else None)
+    sets = minhash.ShingleSets.concat([p[3] for p in parts]) if keep else None
+    return Sketch(ids, *(np.concatenate([p[i] for p in parts]) for i in range(3)), sets=sets)
 
 
 def sketch_all(texts: pa.StringArray, config: DedupConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -156,8 +186,8 @@ def _ids(table: pa.Table, id_column: str, shard: Path) -> list[str]:
 
 def sketch_shard(shard: Path, config: DedupConfig) -> Sketch:
     table = _read(shard, [config.id_column, *config.text_columns])
-    exact, sig, has = sketch_all(table_texts(table, config.text_columns), config)
-    return Sketch(_ids(table, config.id_column, shard) if table.num_rows else [], exact, sig, has)
+    return sketch_rows(table_texts(table, config.text_columns), config,
+                       _ids(table, config.id_column, shard) if table.num_rows else [])
 
 
 @dataclass
@@ -165,6 +195,7 @@ class Decisions:
     """Per current row: None (kept) or (reason, match_id, detail)."""
 
     drops: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # near-dup candidates checked / joined
 
 
 def index_meta(config: DedupConfig) -> dict:
@@ -227,27 +258,25 @@ def resolve(current: Sketch, previous: Sketch, config: DedupConfig) -> Decisions
             alive[g] = False
     near = config.near
     if near.enabled and n_cur:
-        sig = np.concatenate([previous.signatures, current.signatures])
-        has = np.concatenate([previous.has_sig, current.has_sig])
+        if n_prev:
+            sig = np.concatenate([previous.signatures, current.signatures])
+            has = np.concatenate([previous.has_sig, current.has_sig])
+        else:  # no earlier versions: no copy of the signatures
+            sig, has = current.signatures, current.has_sig
         bands, rows = minhash.lsh_params(near.threshold, near.num_perm, near.bands, near.rows, near.fn_weight)
-        keys = minhash.band_keys(sig, bands, rows)
-        pairs = minhash.candidate_pairs(keys, alive & has, config.workers)
-        pairs = pairs[pairs[:, 0] >= n_prev]  # pairs among earlier versions change nothing
-        if near.verify and len(pairs):
-            est = minhash.estimate_jaccard(sig, pairs[:, 0], pairs[:, 1], workers=config.workers)
-            pairs = pairs[est >= near.threshold]
-        if len(pairs):
-            from scipy.sparse import coo_matrix
-            from scipy.sparse.csgraph import connected_components
-
-            n = n_prev + n_cur
-            graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-            _, labels = connected_components(graph, directed=False)
-            rep = np.full(labels.max() + 1, n, np.int64)
-            np.minimum.at(rep, labels, np.arange(n))
-            reps = rep[labels]
-            dup = np.flatnonzero(reps[n_prev:] != np.arange(n_prev, n)) + n_prev
-            est = minhash.estimate_jaccard(sig, dup, reps[dup], workers=config.workers)
+        sets, has_set = None, None
+        if near.verify and current.sets is not None:
+            # earlier versions keep no shingle sets: their rows are verified by the estimate
+            sets = minhash.ShingleSets(current.sets.values,
+                                       np.concatenate([np.zeros(n_prev, np.int64), current.sets.offsets]))
+            has_set = np.r_[np.zeros(n_prev, bool), np.ones(n_cur, bool)]
+        # the verified candidate graph's components; the lowest-ordered row of each is kept
+        reps, out.counters = minhash.lsh_roots(sig, alive & has, bands, rows, near.threshold, near.verify,
+                                               sets, has_set, n_prev)
+        n = n_prev + n_cur
+        dup = np.flatnonzero(reps[n_prev:] != np.arange(n_prev, n)) + n_prev
+        if len(dup):
+            est = kernels.signature_agreement(sig, dup, reps[dup])
             for g, r, e in zip(dup.tolist(), reps[dup].tolist(), est.tolist()):
                 out.drops[g - n_prev] = ("near_duplicate", ids[r], f'{{"jaccard_estimate": {round(e, 4)}}}')
     return out
@@ -348,8 +377,8 @@ def write_index(directory: Path, config: DedupConfig, current: Sketch, decisions
 
 
 def dedup_shards(in_shards: list[Path], out_dir: Path, config: DedupConfig = DedupConfig(),
-                 previous_indexes: list[Path] = ()) -> StageStats:
-    """Deduplicate all shards of a build (and against earlier versions' indexes)."""
+                 previous_indexes: list[Path] = (), *, stage: str) -> StageStats:
+    """Deduplicate all shards of a build (and against earlier versions' indexes); `stage` names the drops."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = config.near.num_perm if config.near.enabled else 0
@@ -370,8 +399,8 @@ def dedup_shards(in_shards: list[Path], out_dir: Path, config: DedupConfig = Ded
         embeddings, emb_ids = semantic_pass(
             [Path(s) for s in in_shards], offsets, decisions, config,
             np.concatenate(prev_embs) if prev_embs else None, prev_emb_ids, current.ids)
-    stats = StageStats(STAGE)
-    dropped = DroppedWriter(out_dir, STAGE)
+    stats = StageStats(stage)
+    dropped = DroppedWriter(out_dir, stage)
     for n, shard in enumerate(in_shards):
         write_shard(Path(shard), out_dir / f"part-{n:05d}.parquet", offsets[n], decisions, dropped,
                     stats, config.id_column)

@@ -38,7 +38,7 @@ class DedupStage(PromptFilter):
         from pipeline.filters.dedup import dedup_shards
 
         return dedup_shards([Path(s) for s in unit.inputs], out, self.recipe.dedup,
-                            [Path(p) for p in self.previous()])
+                            [Path(p) for p in self.previous()], stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         reasons = results[0].stats["reasons"]
@@ -54,7 +54,8 @@ class DecontamStage(PromptFilter):
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         from pipeline.filters.decontam import decontaminate_shards
 
-        return decontaminate_shards([Path(s) for s in unit.inputs], out, self.recipe.decontam)
+        return decontaminate_shards([Path(s) for s in unit.inputs], out, self.recipe.decontam,
+                                    stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         from pipeline.filters.decontam import REPORT_FILE

@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 from pipeline.publish.store import read_manifest
 from tests.fixtures.card_versions import absolute_paths
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "explore_dataset.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "explore_dataset.ipynb"
 
 
 def test_explore_notebook_executes_against_a_built_version(real_data, card_versions, tmp_path, monkeypatch):

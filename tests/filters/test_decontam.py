@@ -14,7 +14,7 @@ from pipeline.filters.decontam import (REPORT_FILE, DecontamConfig, EmbeddingTie
                                        ngram_hits)
 from pipeline.filters.normalize import normalize, normalize_texts
 from pipeline.shards import count_rows, list_shards
-from tests.test_dedup import conversation, real_prompts, write_conversations
+from tests.filters.test_dedup import conversation, real_prompts, write_conversations
 
 FALSE_POSITIVE_RATE = 0.005  # at most 0.5% of real clean prompts flagged without a verbatim overlap
 
@@ -80,7 +80,7 @@ def test_planted_benchmark_items_are_caught_in_every_form(bench_index, bench_con
         texts.insert(pos, p[0])
     shards = write_conversations(tmp_path / "in", texts)
     out = tmp_path / "out"
-    stats = decontaminate_shards(shards, out, bench_config, bench_index)
+    stats = decontaminate_shards(shards, out, bench_config, bench_index, stage="decontam")
     assert stats.rows_in == stats.rows_out + stats.rows_dropped == len(texts)
     assert count_rows(list_shards(out)) == stats.rows_out
     drops = {r["row_id"]: r for p in list_shards(out, "dropped-decontam") for r in pq.read_table(p).to_pylist()}
@@ -150,7 +150,7 @@ def test_embedding_tier_catches_rewordings_that_ngrams_miss(real_data, clean, tm
     assert len(reworded) >= 35  # tier 1 misses (nearly) all of them
     texts = clean[:200] + reworded
     shards = write_conversations(tmp_path / "in", texts)
-    stats = decontaminate_shards(shards, tmp_path / "out", config, index)
+    stats = decontaminate_shards(shards, tmp_path / "out", config, index, stage="decontam")
     drops = {r["row_id"]: r for p in list_shards(tmp_path / "out", "dropped-decontam")
              for r in pq.read_table(p).to_pylist()}
     caught = [conversation(t, 200 + n)["id"] in drops for n, t in enumerate(reworded)]

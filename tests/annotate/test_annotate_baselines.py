@@ -18,7 +18,7 @@ from pipeline.annotate.eval import (LABELS, accuracy_resampled, evaluate_annotat
                                     write_report)
 from pipeline.annotate.gold import load_gold
 from pipeline.recipe import RecipeError
-from tests.test_annotate_eval import AUTOJ, AUTOJ_LABEL, raw_rows
+from tests.annotate.test_annotate_eval import AUTOJ, AUTOJ_LABEL, raw_rows
 
 
 @pytest.fixture(scope="module")

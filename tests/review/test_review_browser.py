@@ -20,7 +20,7 @@ from pipeline.review.records import Label, Undo, read_records, reviews_dir
 from pipeline.review.sample import draw, stratify
 from tests.helpers import REPO, free_port
 from tests.fixtures.browser import PNG_SIGNATURE
-from tests.test_review import XSS, publish_review_version, wait_up
+from tests.review.test_review import XSS, publish_review_version, wait_up
 
 SAMPLE = 16
 KEYS = ["1", "2", "t", "s"]

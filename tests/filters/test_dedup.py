@@ -94,7 +94,7 @@ def test_exact_duplicates_after_normalisation_keep_the_first(prompts, tmp_path):
     variants = ["  " + t.upper().replace(" ", "\n ") + "  " for t in base[:40]]  # re-cased, re-spaced
     texts = base + variants + base[:10]
     shards = write_conversations(tmp_path / "in", texts)
-    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)))
+    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)), stage="dedup")
     check_accounting(stats, shards, tmp_path / "out")
     drops = dropped(tmp_path / "out")
     ids = [conversation(t, n)["id"] for n, t in enumerate(texts)]
@@ -122,7 +122,7 @@ def test_near_duplicate_recall_against_brute_force_jaccard(prompts, tmp_path, sk
     assert len(truth) >= 150  # the planted mutations really are near duplicates
     shards = write_conversations(tmp_path / "in", texts)
     config = DedupConfig(exact=False, near=NearDupConfig(threshold=threshold, sketch=sketch))
-    stats = dedup_shards(shards, tmp_path / "out", config)
+    stats = dedup_shards(shards, tmp_path / "out", config, stage="dedup")
     check_accounting(stats, shards, tmp_path / "out")
     ids = {conversation(t, n)["id"]: n for n, t in enumerate(texts)}
     drops = {ids[d["row_id"]]: ids[d["match_id"]] for d in dropped(tmp_path / "out")}
@@ -141,7 +141,7 @@ def test_batches_on_threads_decide_exactly_like_one_batch(prompts, tmp_path):
     shards = write_conversations(tmp_path / "in", texts, shard_rows=400)
     results = []
     for name, extra in (("one", {"batch_rows": 100_000, "workers": 1}), ("threads", {"batch_rows": 37, "workers": 3})):
-        stats = dedup_shards(shards, tmp_path / name, DedupConfig(**extra))
+        stats = dedup_shards(shards, tmp_path / name, DedupConfig(**extra), stage="dedup")
         check_accounting(stats, shards, tmp_path / name)
         results.append([(d["row_id"], d["reason"], d["match_id"]) for d in dropped(tmp_path / name)])
     assert results[0] == results[1]
@@ -151,16 +151,16 @@ def test_batches_on_threads_decide_exactly_like_one_batch(prompts, tmp_path):
 def test_incremental_build_drops_exactly_the_old_rows(prompts, tmp_path):
     old, new = prompts[:400], prompts[400:700]
     first = write_conversations(tmp_path / "in1", old, source="v1")
-    stats1 = dedup_shards(first, tmp_path / "v1", DedupConfig())
+    stats1 = dedup_shards(first, tmp_path / "v1", DedupConfig(), stage="dedup")
     alone = write_conversations(tmp_path / "in-new", new, source="v2")
-    assert dedup_shards(alone, tmp_path / "alone", DedupConfig()).rows_dropped == 0
+    assert dedup_shards(alone, tmp_path / "alone", DedupConfig(), stage="dedup").rows_dropped == 0
     kept1 = {r["id"] for p in list_shards(tmp_path / "v1") for r in pq.read_table(p).to_pylist()}
     # second build: new rows interleaved with old ones (same prompts, re-ingested under new ids)
     mixed = []
     for n in range(max(len(old), len(new))):
         mixed += ([new[n]] if n < len(new) else []) + [old[n]] if n < len(old) else [new[n]]
     second = write_conversations(tmp_path / "in2", mixed, source="v2")
-    stats2 = dedup_shards(second, tmp_path / "v2", DedupConfig(), previous_indexes=[tmp_path / "v1" / "index"])
+    stats2 = dedup_shards(second, tmp_path / "v2", DedupConfig(), previous_indexes=[tmp_path / "v1" / "index"], stage="dedup")
     check_accounting(stats2, second, tmp_path / "v2")
     old_norm = set(normalize_texts(old).to_pylist())
     expected = {conversation(t, n, "v2")["id"] for n, t in enumerate(mixed)
@@ -177,7 +177,7 @@ def test_semantic_dedup_catches_rewordings_and_persists_embeddings(prompts, tmp_
     config = DedupConfig(exact=False, near=NearDupConfig(enabled=False),
                          semantic=SemanticConfig(enabled=True, threshold=0.85))
     shards = write_conversations(tmp_path / "in", base + reworded)
-    stats = dedup_shards(shards, tmp_path / "out", config)
+    stats = dedup_shards(shards, tmp_path / "out", config, stage="dedup")
     check_accounting(stats, shards, tmp_path / "out")
     drops = dropped(tmp_path / "out")
     ids = [conversation(t, n)["id"] for n, t in enumerate(base + reworded)]
@@ -187,7 +187,7 @@ def test_semantic_dedup_catches_rewordings_and_persists_embeddings(prompts, tmp_
     assert len(sem.keys() & set(ids[:60])) <= 1  # distinct real prompts stay
     # a later build sees the persisted embeddings
     again = write_conversations(tmp_path / "in2", reworded[:5], source="v2")
-    stats2 = dedup_shards(again, tmp_path / "out2", config, previous_indexes=[tmp_path / "out" / "index"])
+    stats2 = dedup_shards(again, tmp_path / "out2", config, previous_indexes=[tmp_path / "out" / "index"], stage="dedup")
     assert stats2.rows_dropped == 5
 
 
@@ -199,9 +199,82 @@ def test_non_latin_prompts_keep_their_text(tmp_path):
              "请写一首关于秋天的诗！", "НАПИШИ стихотворение — о любви", "🙂🙂🙂"]
     assert normalize_texts(texts[:1]).to_pylist() == ["请写一首关于秋天的诗"]
     shards = write_conversations(tmp_path / "in", texts)
-    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)))
+    stats = dedup_shards(shards, tmp_path / "out", DedupConfig(near=NearDupConfig(enabled=False)), stage="dedup")
     check_accounting(stats, shards, tmp_path / "out")
     ids = [conversation(t, n)["id"] for n, t in enumerate(texts)]
     # only the re-punctuated repeats (and the identical emoji-only prompt) go
     assert {d["row_id"]: d["match_id"] for d in dropped(tmp_path / "out")} == {
         ids[7]: ids[0], ids[8]: ids[2], ids[9]: ids[5]}
+
+
+def edit_to_jaccard(words: list[str], low: float, high: float, rng: random.Random, vocab: list[str]
+                    ) -> tuple[list[str], float] | None:
+    """Random word replacements, deletions and insertions, one at a time, until the exact
+    shingle Jaccard with `words` falls in [low, high) (None when an edit jumps past it)."""
+    base = shingles(" ".join(words))
+    out = list(words)
+    for _ in range(200):
+        op, i = rng.random(), rng.randrange(len(out))
+        if op < 0.5:
+            out[i] = rng.choice(vocab)
+        elif op < 0.75 and len(out) > 4:
+            del out[i]
+        else:
+            out.insert(i, rng.choice(vocab))
+        j = jaccard(base, shingles(" ".join(out)))
+        if j < low:
+            return None
+        if j < high:
+            return out, j
+    return None
+
+
+@pytest.mark.parametrize("sketch,banding,min_recall", [("oph", {}, 0.97), ("kperm", {"bands": 16, "rows": 8}, 0.97)])
+def test_near_duplicate_recall_at_the_threshold_on_planted_pairs_of_known_jaccard(prompts, tmp_path, sketch, banding,
+                                                                                  min_recall):
+    """Planted copies at exact shingle Jaccard 0.80-0.90 of their original are found (the
+    candidates are verified by the exact Jaccard, not the signature estimate, which would reject
+    about half of those right at 0.8); copies at 0.60-0.78 of theirs are kept; every drop has a
+    row at Jaccard >= 0.8 (precision 1)."""
+    rng = random.Random(5)
+    norm_all = normalize_texts(prompts).to_pylist()
+    vocab = sorted({w for n in norm_all for w in n.split()})
+    long, kept_sets, by_shingle = [], [], {}
+    for n in norm_all:  # distinct originals: no two at Jaccard >= 0.5 (the real sets have templated prompts)
+        if len(n.split()) < 30:
+            continue
+        mine = shingles(n)
+        others = {k for s in mine for k in by_shingle.get(s, ())}
+        if all(jaccard(mine, kept_sets[k]) < 0.5 for k in others):
+            for s in mine:
+                by_shingle.setdefault(s, []).append(len(long))
+            long.append(n)
+            kept_sets.append(mine)
+    assert len(long) >= 700
+    originals, positives, negatives = long[:300], [], []
+    for n in originals[:200]:
+        while (got := edit_to_jaccard(n.split(), 0.8, 0.9, rng, vocab)) is None:
+            pass
+        positives.append((" ".join(got[0]), got[1]))
+    for n in originals[200:300]:
+        while (got := edit_to_jaccard(n.split(), 0.6, 0.78, rng, vocab)) is None:
+            pass
+        negatives.append((" ".join(got[0]), got[1]))
+    texts = originals + [t for t, _ in positives] + [t for t, _ in negatives] + long[300:700]
+    at_threshold = [300 + i for i, (_, j) in enumerate(positives) if j < 0.85]
+    assert len(at_threshold) >= 50  # a good share sits right at the threshold
+    shards = write_conversations(tmp_path / "in", texts)
+    config = DedupConfig(exact=False, near=NearDupConfig(threshold=0.8, sketch=sketch, **banding))
+    stats = dedup_shards(shards, tmp_path / "out", config, stage="dedup")
+    check_accounting(stats, shards, tmp_path / "out")
+    ids = {conversation(t, n)["id"]: n for n, t in enumerate(texts)}
+    drops = {ids[d["row_id"]]: ids[d["match_id"]] for d in dropped(tmp_path / "out")}
+    wrong = {300 + i: drops[300 + i] for i in range(200) if drops.get(300 + i, i) != i}
+    assert not wrong, wrong  # matched to its original
+    recall = sum(300 + i in drops for i in range(200)) / 200
+    recall_at_threshold = sum(r in drops for r in at_threshold) / len(at_threshold)
+    assert recall >= min_recall, recall
+    assert recall_at_threshold >= 0.95, recall_at_threshold
+    assert not drops.keys() & set(range(500, 600))  # the copies below the threshold stay
+    sets = [shingles(n) for n in normalize_texts(texts).to_pylist()]
+    assert all(any(jaccard(sets[r], sets[o]) >= 0.8 for o in range(len(texts)) if o != r) for r in drops)

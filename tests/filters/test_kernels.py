@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.filters import kernels
-from pipeline.filters.minhash import oph_signatures, oph_sketch
+from pipeline.filters.minhash import gram_sets, lsh_roots, oph_signatures, oph_sketch, oph_sketch_sets
 from pipeline.filters.normalize import _hash_strings, ngram_hashes, normalize_texts, split_tokens, tokenize
-from tests.test_dedup import real_prompts
+from tests.filters.test_dedup import real_prompts
 
 
 def assert_same_tokens(arr: pa.StringArray) -> None:
@@ -69,3 +69,46 @@ def test_prefiltered_grams_are_the_ngram_hashes_that_pass_the_bitset(real_data, 
     passes = ((bitmap[(pos >> np.uint64(3)).astype(np.int64)] >> (pos & np.uint64(7)).astype(np.uint8)) & 1) == 1
     keep = passes & (docs % 2 == 1)
     assert np.array_equal(got, grams[keep]) and np.array_equal(got_docs, docs[keep])
+
+
+def test_single_character_tokens_fill_the_token_buffer():
+    """Texts of one-byte tokens hold (L + 1) / 2 tokens each: more than half the batch's bytes."""
+    texts = ["a b c d e f g", "x", "y z", "p q r s t u v w", "k"] * 50
+    assert_same_tokens(pa.array(texts, pa.string()))
+
+
+@pytest.mark.parametrize("shingle", [1, 3, 5])
+def test_shingle_sets_come_with_the_same_signatures(real_data, shingle):
+    texts = real_prompts(real_data)[:1500] + ["", "one", "two words", "a b a b a b"]
+    tokens = tokenize(normalize_texts(texts))
+    sig, has, sets = oph_sketch_sets(tokens, shingle, 128, 1)
+    ref_sig, ref_has = oph_sketch(tokens, shingle, 128, 1)
+    assert np.array_equal(has, ref_has) and np.array_equal(sig, ref_sig)
+    grams, docs = ngram_hashes(tokens, shingle, whole_if_shorter=True)
+    ref = gram_sets(grams, docs, len(texts), 1)
+    assert np.array_equal(sets.offsets, ref.offsets) and np.array_equal(sets.values, ref.values)
+
+
+def test_lsh_roots_join_exactly_the_pairs_at_the_threshold():
+    """Verification by the exact set Jaccard, whatever the signatures say (all equal here):
+    10-value sets sharing 8 (J = 8/12) or 9 (J = 9/12) with row 0 stay apart at 0.8, the one
+    sharing 9 joins at 0.75, an equal set joins; roots are the lowest row; rows of earlier
+    versions (below n_prev) are never joined together;
+    a row without a set is verified by the signature estimate."""
+    from pipeline.filters.minhash import ShingleSets
+
+    base = np.arange(10, dtype=np.uint32)
+    rows = [base, np.r_[base[:8], [100, 101]], np.r_[base[:9], [200, 201]], base]  # sorted, distinct
+    sets = ShingleSets(np.concatenate(rows).astype(np.uint32), np.cumsum([0] + [len(r) for r in rows]))
+    sig = np.zeros((4, 128), np.uint32)  # identical signatures: every pair is a candidate
+    active = np.ones(4, bool)
+    roots, counters = lsh_roots(sig, active, 16, 8, 0.8, True, sets, active)
+    assert roots.tolist() == [0, 1, 2, 0]  # 2 vs 0: 9/12 = 0.75 < 0.8; 3 is 0 again
+    roots, _ = lsh_roots(sig, active, 16, 8, 0.75, True, sets, active)
+    assert roots.tolist() == [0, 1, 0, 0]
+    roots, _ = lsh_roots(sig, active, 16, 8, 0.8, False, sets, active)  # raw candidates
+    assert roots.tolist() == [0, 0, 0, 0]
+    roots, counters = lsh_roots(sig, active, 16, 8, 0.8, False, sets, active, n_prev=4)
+    assert roots.tolist() == [0, 1, 2, 3] and counters["candidates_checked"] == 0  # all earlier versions
+    roots, _ = lsh_roots(sig, active, 16, 8, 0.8, True, sets, np.array([True, True, True, False]))
+    assert roots.tolist() == [0, 0, 0, 0]  # row 3 has no set: the estimate (equal signatures) joins it

@@ -89,7 +89,7 @@ def test_eval_of_a_position_one_judge_gives_the_hand_counted_accuracy(real_data,
 
 def test_density_ratio_eval_matches_hand_computed_verdicts(real_data, tiny_model_dir, tiny_weak_model_dir):
     from pipeline.engines.hf_engine import TransformersEngine
-    from tests.test_annotate_cdr import hand_logprob
+    from tests.annotate.test_annotate_cdr import hand_logprob
 
     pairs, _ = load_gold(real_data / AUTOJ, limit=4, seed=19)
     config = AnnotateConfig(method="density_ratio", models={"strong": {"model": "s"}, "weak": {"model": "w"}})
