@@ -221,7 +221,7 @@ _CHILD = textwrap.dedent("""
         model, shard, out, cache, config = sys.argv[1:]
         engine = VLLMEngine(model, dtype="float32", max_model_len=1024)
         config = GenerateConfig.model_validate_json(config)
-        generate_shard(Path(shard), Path(out), config, {"tiny": engine}, RequestCache(cache))
+        generate_shard(Path(shard), Path(out), config, {"tiny": engine}, RequestCache(cache), stage="generate")
         print("FINISHED", flush=True)
 """)
 
