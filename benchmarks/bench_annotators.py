@@ -3,13 +3,19 @@
     python benchmarks/bench_annotators.py judge --pairs 60    # Qwen2.5-Coder-0.5B-Instruct pairwise judge
     python benchmarks/bench_annotators.py cdr --pairs 60      # CDR strong=Qwen 0.5B-Instruct / weak=Gemma 270M
     python benchmarks/bench_annotators.py cdr-candidates --pairs 100   # every packaged strong/weak pair
+    python benchmarks/bench_annotators.py pooled --pairs 60   # ensembles on every gold set, pooled
 
 One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
 with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
 density ratios from the same log-probs. `cdr-candidates` scores every response once under each
 packaged model (Qwen 1.5B-Instruct, Qwen 0.5B-Instruct, Gemma 3 270M base) and reports every
 strong/weak pair the engines issue names, summed and per token, next to the "longer response wins"
-baseline; a pair's seconds are its two models' scoring seconds. Results go to
+baseline; a pair's seconds are its two models' scoring seconds. `pooled` takes the first N pairs of a
+seeded shuffle of every gold file in shared/data/real/preference (Auto-J, hh-rlhf harmless, AlpacaEval),
+scores them once under the demo's two models (score cache: --cache, default ~/.cache/prefpipe/eval)
+and reports, pooled and per file, the summed density ratio and ensembles of its features
+(`annotate.method: ensemble`, 5-fold out of fold) against the trivial baselines, plus each ensemble
+fitted on the other gold files only and measured on the held-out one. Results go to
 benchmarks/results/annotators-<part>/eval-annotator.{json,md}.
 """
 
@@ -27,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from pipeline.annotate import ensemble, ensemble_fit  # noqa: E402
 from pipeline.annotate.config import AnnotateConfig  # noqa: E402
+from pipeline.annotate.ensemble import FEATURES  # noqa: E402
 from pipeline.annotate.density_ratio import density_ratio, score_all  # noqa: E402
 from pipeline.annotate.eval import _score_verdicts, annotator_engines, evaluate_annotator, metrics, write_report  # noqa: E402
 from pipeline.annotate.gold import load_gold  # noqa: E402
@@ -84,12 +92,133 @@ def cdr_candidates(pairs: list, seed: int) -> dict:
             "gold_labels": {k: gold.count(k) for k in sorted(set(gold))}, "variants": variants}
 
 
+GOLD_FILES = sorted((ROOT.parent / "shared" / "data" / "real" / "preference").glob("*.gz"))
+DEMO_MODELS = CONFIGS["cdr"]["models"]
+ENSEMBLES = {  # name: (features, length_controlled)
+    "ensemble: all five features": (list(FEATURES), False),
+    "ensemble: cdr_sum + log_chars": (["cdr_sum", "log_chars"], False),
+    "ensemble: cdr_tokens + strong_tokens + log_chars": (["cdr_tokens", "strong_tokens", "log_chars"], False),
+    "ensemble: all five, length-controlled": (list(FEATURES), True),
+}
+
+
+def pooled_pairs(n: int, seed: int) -> list:
+    """The first n pairs of a seeded shuffle of each gold file (a larger n keeps the smaller's
+    pairs, so the score cache carries over), category = the file's name."""
+    import dataclasses
+    import random
+
+    out = []
+    for path in GOLD_FILES:
+        pairs, _ = load_gold(path)
+        order = random.Random(seed).sample(range(len(pairs)), len(pairs))
+        out += [dataclasses.replace(pairs[i], category=path.name) for i in order[:n]]
+    return out
+
+
+def held_out(xa, xb, pairs: list, names: list[str], controlled: bool, seed: int) -> dict:
+    """Per gold file: accuracy of the ensemble fitted on the other files' pairs only."""
+    import numpy as np
+
+    from pipeline.annotate.eval import _accuracy
+
+    files = [p.category for p in pairs]
+    gold = np.asarray([p.label for p in pairs], object)
+    out = {}
+    for name in sorted(set(files)):
+        test = np.asarray([f == name for f in files])
+        w = ensemble.fit(xa[~test], xb[~test], gold[~test].tolist(), names, 5, 1.0, seed)["weights"]
+        coef = np.asarray([0.0 if controlled and f == ensemble.LENGTH_FEATURE else c
+                           for f, c in zip(names, w["coefficients"])])
+        margin = ((xa[test] - xb[test]) / w["scales"]) @ coef
+        pred = np.asarray(["tie" if m == 0 else ("a" if m > 0 else "b") for m in margin], object)
+        out[name] = _accuracy(gold[test], pred, True)
+    return out
+
+
+def pooled(n: int, seed: int, cache: Path) -> dict:
+    """Ensembles of the demo models' features on every gold file, pooled and per file."""
+    pairs = pooled_pairs(n, seed)
+    base = AnnotateConfig.model_validate({"method": "ensemble", "length_norm": "none", "models": DEMO_MODELS,
+                                          "ensemble": {"gold": [str(GOLD)], "seed": seed}})
+    engines = annotator_engines(base)
+    t0 = time.perf_counter()
+    xa, xb, requests = ensemble_fit.features(base, engines, pairs, cache)
+    seconds = time.perf_counter() - t0
+    runs, fits, held = {}, {}, {}
+    for name, (features, controlled) in ENSEMBLES.items():
+        config = base.model_copy(update={"ensemble": base.ensemble.model_copy(
+            update={"features": features, "length_controlled": controlled})})
+        report = ensemble_fit.fit_report(config, engines, pairs, cache)
+        runs[name] = report["variants"][report["configured_variant"]]
+        fits[name] = {"weights": report["weights"], "verdict": report["verdict"],
+                      "by_file": report["baselines"].get("by_group"), "baselines": report["baselines"]}
+        idx = [list(FEATURES).index(f) for f in features]
+        held[name] = held_out(xa[:, idx], xb[:, idx], pairs, features, controlled, seed)
+        if name == "ensemble: all five features":
+            singles = {k: v for k, v in report["variants"].items() if k.endswith(" alone")}
+    for engine in {id(e): e for e in engines.values()}.values():
+        engine.close()
+    return {"annotator": "ensembles of the demo models' features", "method": "ensemble",
+            "models": {k: v["model"] for k, v in DEMO_MODELS.items()}, "pairs_per_file": n,
+            "files": [p.name for p in GOLD_FILES], "gold_labels": {},
+            "scoring_seconds": round(seconds, 1), "requests": requests,
+            "variants": {**runs, **singles},
+            "fits": fits, "held_out_file": held}
+
+
+def pooled_markdown(report: dict) -> str:
+    """The pooled report as Markdown: one row per annotator, pooled and per file, and held out."""
+    from pipeline.annotate.baselines import TRIVIAL, _diff
+    from pipeline.annotate.eval import _fmt
+
+    files = report["files"]
+    first = next(iter(report["fits"].values()))
+    lines = [f"# Annotators pooled over {len(files)} gold files ({report['pairs_per_file']} pairs each)", "",
+             f"Models: {report['models']}; scoring {report['scoring_seconds']} s "
+             f"({report['requests']['engine']} requests run, {report['requests']['cached']} from the cache).", "",
+             "| annotator | pooled acc. excl. ties [95% CI] | - best trivial [95% CI] | "
+             + " | ".join(f"{f[:24]}" for f in files) + " | held-out file: " + " / ".join(f[:8] for f in files) + " |",
+             "|---" * (3 + len(files) + 1) + "|"]
+    for name, fit in report["fits"].items():
+        m = report["variants"][name]
+        by = fit["by_file"] or {}
+        lines.append(f"| {name} | {_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | "
+                     f"{_diff({'difference': fit['verdict']['difference'], 'ci95': fit['verdict']['ci95']})} | "
+                     + " | ".join(_fmt(by.get(f, {}).get("annotator")) for f in files) + " | "
+                     + " / ".join(_fmt(report["held_out_file"][name].get(f)) for f in files) + " |")
+    for name, m in report["variants"].items():
+        if name.endswith(" alone"):
+            lines.append(f"| {name} (sign from the fit) | "
+                         f"{_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | | "
+                         + " | " * (len(files) - 1) + " | |")
+    for key, label in TRIVIAL.items():
+        t = first["baselines"]["trivial"][key]
+        by = first["by_file"] or {}
+        lines.append(f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])}"
+                     f" | | " + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + " | |")
+    lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: "
+                    + ", ".join(f"{f} {c:+.3f}" for f, c in zip(fit["weights"]["features"],
+                                                                fit["weights"]["coefficients"]))
+                    for name, fit in report["fits"].items())]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates"])
+    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
     args = ap.parse_args()
+    if args.part == "pooled":
+        report = pooled(args.pairs, args.seed, args.cache)
+        out = ROOT / "benchmarks" / "results" / "annotators-pooled"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        (out / "eval-annotator.md").write_text(pooled_markdown(report))
+        print((out / "eval-annotator.md").read_text())
+        return
     pairs, rejected = load_gold(GOLD, limit=args.pairs, seed=args.seed)
     if args.part == "cdr-candidates":
         report = cdr_candidates(pairs, args.seed)

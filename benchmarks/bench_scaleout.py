@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from flows.server import free_port  # noqa: E402
 BIN = Path(sys.executable).parent
 SAMPLE = REPO / "data/samples/hh-rlhf_harmless-base_test.jsonl.gz"
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -76,12 +77,6 @@ def write_recipe(work: Path, conversations: int, heavy: Path, weak: Path, k: int
     path = work / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager

@@ -134,7 +134,8 @@ def _stop(pid: int) -> None:
         pass
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for a server about to start)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -146,7 +147,7 @@ def _start(directory: Path, timeout_s: float) -> str:
     idle_s = os.environ.get("PREFPIPE_SERVER_IDLE_S", str(IDLE_S))
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}/api"
         with open(log, "ab") as out:
             proc = subprocess.Popen([sys.executable, "-m", "flows.server", str(port), idle_s],

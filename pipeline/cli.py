@@ -207,6 +207,10 @@ def build(recipe: Path = typer.Argument(..., help="Recipe YAML"), data_root_: Op
 
             forced = " (forced with --force: the card says so)" if ev["gate"].get("forced") else ""
             (console if forced else out).print(sentence(ev) + forced, highlight=False, soft_wrap=True, markup=False)
+        if (fit := manifest.get("annotator_fit")):
+            from pipeline.annotate.ensemble_fit import sentence as fit_sentence
+
+            out.print(fit_sentence(fit), highlight=False, soft_wrap=True, markup=False)
         emptied = [s for s in manifest["funnel"] if s["rows_in"] and not s["rows_out"]]
         for s in emptied:
             console.print(f"warning: stage {s['stage']} dropped every row it read ({s['rows_in']}: "
@@ -441,8 +445,17 @@ def eval_annotator(recipe: Path = typer.Argument(..., help="Recipe YAML with an 
         fail(f"{gold}: no usable gold pairs ({len(rejected)} rows rejected)", 2)
     engines = annotator_engines(config)
     try:
+        weights = fit = None
+        if config.method == "ensemble":  # fitted on the recipe's gold (kept under --out), applied to --gold
+            from pipeline.annotate import ensemble_fit
+
+            fit = ensemble_fit.measure(config, out_dir, engines)
+            weights = ensemble_fit.scoring_weights(fit)
+            out.print(ensemble_fit.sentence(fit))
         report = evaluate_annotator(config, engines, pairs, resamples, cache_dir=out_dir / "cache",
-                                    length_guard=guard)
+                                    length_guard=guard, weights=weights)
+        if fit is not None:
+            report["ensemble_fit"] = {k: fit[k] for k in ("weights", "verdict", "gold")}
     finally:
         for engine in {id(e): e for e in engines.values()}.values():
             engine.close()

@@ -45,6 +45,7 @@ PATH_FIELDS: dict[str, str | None] = {
     "annotate.templates.pointwise": "file",
     "annotate.templates.pairwise": "file",
     "annotate.gate.gold": "file",
+    "annotate.ensemble.gold.*": "file",
 }
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
@@ -134,14 +135,18 @@ class Recipe(Strict):
         data = self.resolved()
         if data.get("annotate"):  # the gate decides whether a stage runs, never what it writes
             data["annotate"] = {k: v for k, v in data["annotate"].items() if k != "gate"}
+            if data["annotate"].get("ensemble"):  # where the gold lies does not matter: the stage
+                # adds the weights fitted on it (AnnotateStage.config)
+                data["annotate"]["ensemble"] = {k: v for k, v in data["annotate"]["ensemble"].items()
+                                                if k != "gold"}
         return canonical_json({s: data.get(s) for s in sections})
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _fields(data: object, pattern: str) -> list[tuple[str, dict, str]]:
-    """(dotted location, mapping, key) of each value set at `pattern` in raw recipe data."""
+def _fields(data: object, pattern: str) -> list[tuple[str, dict | list, str | int]]:
+    """(dotted location, mapping or list, key or index) of each value set at `pattern` in raw recipe data."""
     found: list[tuple[str, object]] = [("", data)]
     *parents, last = pattern.split(".")
     for part in parents:
@@ -153,6 +158,9 @@ def _fields(data: object, pattern: str) -> list[tuple[str, dict, str]]:
                 items = [(part, obj[part])] if isinstance(obj, dict) and part in obj else ()
             step += [(f"{loc}{k}.", v) for k, v in items]
         found = step
+    if last == "*":  # each item of a list
+        return [(f"{loc}{i}", obj, i) for loc, obj in found if isinstance(obj, list)
+                for i, v in enumerate(obj) if v is not None]
     return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
 
 

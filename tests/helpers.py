@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from flows.server import free_port  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
 HH = "preference/hh-rlhf_harmless-base_test.jsonl.gz"
@@ -31,11 +32,6 @@ def write_recipe(path: Path, inputs: list[Path], dataset: str, **sections) -> Pa
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (for servers a test starts)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 600, check: bool = True,

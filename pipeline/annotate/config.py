@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from pipeline.config import Strict
 
-Method = Literal["judge_pointwise", "judge_pairwise", "density_ratio", "reward_model"]
+Method = Literal["judge_pointwise", "judge_pairwise", "density_ratio", "reward_model", "ensemble"]
 
 # The roles each method needs in `models`.
 ROLES: dict[str, tuple[str, ...]] = {
@@ -16,7 +16,10 @@ ROLES: dict[str, tuple[str, ...]] = {
     "judge_pairwise": ("judge",),
     "density_ratio": ("strong", "weak"),
     "reward_model": ("reward",),
+    "ensemble": ("strong", "weak"),
 }
+# The ensemble's features (pipeline.annotate.ensemble.FEATURES), listed here so the schema names them.
+Feature = Literal["cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens", "log_chars"]
 
 # UltraFeedback's four aspects; any other aspect name is shown to the judge as written.
 ASPECTS = {
@@ -75,6 +78,24 @@ class GateConfig(Strict):
     resamples: int = Field(1000, ge=0, description="bootstrap resamples of the CI")
 
 
+class EnsembleConfig(Strict):
+    """`annotate.ensemble`: the features combined and the gold pairs their weights are fitted on."""
+
+    gold: list[str] = Field(min_length=1, description="gold pair files (any format `eval-annotator --gold` "
+                                                      "reads), relative to the recipe; pooled for the fit")
+    format: str = Field("auto", description="the gold files' format (as eval-annotator --format)")
+    limit: int | None = Field(100, ge=2, description="fixed random sample of this many pairs per gold file")
+    seed: int = Field(0, description="seed of the samples, the A/B order and the folds")
+    features: list[Feature] = Field(["cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens", "log_chars"],
+                                    min_length=1, description="scores of each response combined "
+                                                              "(pipeline.annotate.ensemble.FEATURES)")
+    length_controlled: bool = Field(False, description="score without the log_chars term (fitted with it, "
+                                                       "dropped at annotation: AlpacaEval's length control)")
+    folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the reported accuracy")
+    regularization: float = Field(1.0, gt=0, description="inverse L2 strength (C) of the logistic regression")
+    resamples: int = Field(1000, ge=0, description="bootstrap resamples of the reported CIs")
+
+
 class AnnotateConfig(Strict):
     method: Method = "judge_pairwise"
     models: AnnotatorModels = AnnotatorModels()
@@ -102,6 +123,8 @@ class AnnotateConfig(Strict):
     length_norm: Literal["none", "tokens", "chars"] = Field(
         "none", description="tokens: mean log-prob per token of each model; chars: per character")
     criteria: Criteria = Criteria()
+    ensemble: EnsembleConfig | None = Field(None, description="method ensemble: features and the gold "
+                                                               "pairs their weights are fitted on")
     # every method
     tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
     batch_size: int = Field(32, ge=1, description="Requests per engine call")
@@ -116,6 +139,12 @@ class AnnotateConfig(Strict):
         missing = [r for r in ROLES[self.method] if getattr(self.models, r) is None]
         if missing:
             raise ValueError(f"method {self.method} needs models.{', models.'.join(missing)}")
+        if (self.method == "ensemble") != (self.ensemble is not None):
+            raise ValueError("method ensemble needs an ensemble section, and only it takes one")
+        if self.ensemble is not None and len(set(self.ensemble.features)) != len(self.ensemble.features):
+            raise ValueError("ensemble.features: a feature is listed twice")
+        if self.ensemble is not None and self.ensemble.length_controlled and "log_chars" not in self.ensemble.features:
+            raise ValueError("ensemble.length_controlled needs log_chars among ensemble.features")
         if len(set(self.aspects)) != len(self.aspects):
             raise ValueError("aspects: an aspect is listed twice")
         return self

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.annotate import ensemble
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.annotate.density_ratio import DensityRatio, density_ratio
 from pipeline.annotate.gold import GoldPair
@@ -181,9 +182,10 @@ def _score_verdicts(a: list[float | None], b: list[float | None], margin: float)
     return out
 
 
-def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair]
-                  ) -> dict[str, dict]:
-    """{variant: {"verdicts": [a|b|tie|failed], "seconds": s, ...}} for the gold pairs."""
+def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
+                  weights: dict | None = None) -> dict[str, dict]:
+    """{variant: {"verdicts": [a|b|tie|failed], "seconds": s, ...}} for the gold pairs; `weights`:
+    the ensemble's (`ensemble_fit.scoring_weights`), for method ensemble."""
     variants: dict[str, dict] = {}
     if config.method == "judge_pairwise":
         judge = PairwiseJudge(engines["judge"], config)
@@ -231,13 +233,18 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
         by_variant: dict[str, list[float]] = {}
-        if config.method == "density_ratio":
+        if config.method in ("density_ratio", "ensemble"):
             results = DensityRatio(engines["strong"], engines["weak"], config).score(prompts, responses)
-            by_variant[config.method] = [s.reward for s in results]
+            if config.method == "ensemble":
+                by_variant["ensemble"] = [ensemble.score(weights, ensemble.response_features(s, r))
+                                          for s, r in zip(results, responses)]
+                by_variant["density_ratio"] = [s.reward for s in results]
+            else:
+                by_variant[config.method] = [s.reward for s in results]
             # the other length normalisations come from the same log-probs, at no extra cost
             for norm in ("none", "tokens", "chars"):
                 if norm != config.length_norm:
-                    by_variant[f"{config.method}[length_norm={norm}]"] = [
+                    by_variant[f"density_ratio[length_norm={norm}]"] = [
                         density_ratio(s.strong_logprob, s.strong_tokens, s.weak_logprob, s.weak_tokens,
                                       r, norm) for s, r in zip(results, responses)]
         else:
@@ -385,11 +392,15 @@ def configured_variant(config: AnnotateConfig, variants: Mapping) -> str:
 
 def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
                        resamples: int = 1000, cache_dir: Path | None = None,
-                       length_guard: LengthConfig | None = None, progress_label: str | None = None) -> dict:
+                       length_guard: LengthConfig | None = None, progress_label: str | None = None,
+                       weights: dict | None = None) -> dict:
     """The eval-annotator report (a JSON-able dict) for `pairs`, with the trivial baselines and the
     verdict against them (`baselines`). With `cache_dir`, engine results are cached there by
     content (SCORE_CACHE); `length_guard` is the recipe's `filters.length` (recipe_length_guard).
-    `progress_label`: report the requests to `pipeline.progress` under it (inside a build)."""
+    `progress_label`: report the requests to `pipeline.progress` under it (inside a build).
+    `weights`: the ensemble's fitted weights, for method ensemble."""
+    if config.method == "ensemble" and weights is None:
+        raise ValueError("eval-annotator: method ensemble needs its fitted weights (ensemble_fit.measure)")
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
@@ -402,7 +413,8 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
         if id(engine) not in wrapped:
             wrapped[id(engine)] = CachedEngine(engine, getattr(config.models, role).options, cache, meter)
     try:
-        runs = run_annotator(config, {role: wrapped[id(engines[role])] for role in config.roles()}, pairs)
+        runs = run_annotator(config, {role: wrapped[id(engines[role])] for role in config.roles()}, pairs,
+                             weights)
     finally:
         meter.close()
         if cache is not None:

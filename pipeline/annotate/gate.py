@@ -47,8 +47,13 @@ def measure(config: AnnotateConfig, guard: LengthConfig | None, work_root: Path)
         raise GateFailed(f"annotate.gate.gold: {gate.gold}: no usable gold pairs ({len(rejected)} rows rejected)")
     engines = annotator_engines(config)
     try:
+        weights = None
+        if config.method == "ensemble":
+            from pipeline.annotate import ensemble_fit
+
+            weights = ensemble_fit.scoring_weights(ensemble_fit.measure(config, work_root, engines))
         report = evaluate_annotator(config, engines, pairs, gate.resamples, cache_dir=path.parent / "cache",
-                                    length_guard=guard, progress_label="annotator gate")
+                                    length_guard=guard, progress_label="annotator gate", weights=weights)
     finally:
         for engine in {id(e): e for e in engines.values()}.values():
             engine.close()

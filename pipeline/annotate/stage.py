@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
 
+from pipeline.annotate import ensemble
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.annotate.density_ratio import DensityRatio
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem
@@ -29,8 +30,9 @@ STATS_JSON = "annotate_stats.json"
 
 
 def annotator_name(config: AnnotateConfig, engines: Mapping[str, Engine]) -> str:
-    if config.method == "density_ratio":
-        return f"cdr:{engines['strong'].model_id}/{engines['weak'].model_id}"
+    if config.method in ("density_ratio", "ensemble"):
+        kind = "cdr" if config.method == "density_ratio" else "ensemble"
+        return f"{kind}:{engines['strong'].model_id}/{engines['weak'].model_id}"
     if config.method == "reward_model":
         return f"rm:{engines['reward'].model_id}"
     return f"{config.method}:{engines['judge'].model_id}"
@@ -129,6 +131,19 @@ def _density_ratio(config, engines, convs, on_batch) -> list[tuple[dict, _Result
         "length_norm": config.length_norm})) for c, s in zip(cands, scores)]
 
 
+def _ensemble(config, engines, convs, on_batch, weights: dict) -> list[tuple[dict, _Result]]:
+    cdr = DensityRatio(engines["strong"], engines["weak"], config)
+    cands = [c for group in convs.values() for c in group]
+    scores = cdr.score([c["prompt"] for c in cands], [c["response"] for c in cands], on_batch)
+    out = []
+    for c, s in zip(cands, scores):
+        feats = ensemble.response_features(s, c["response"])
+        out.append((c, _Result("ok", ensemble.score(weights, feats), details={
+            "features": {f: feats[f] for f in weights["features"]}, "domain": s.domain,
+            "strong_tokens": s.strong_tokens, "weak_tokens": s.weak_tokens})))
+    return out
+
+
 def _reward_model(config, engines, convs) -> list[tuple[dict, _Result]]:
     rm = RewardModel(engines["reward"], config.batch_size)
     cands = [c for group in convs.values() for c in group]
@@ -137,12 +152,15 @@ def _reward_model(config, engines, convs) -> list[tuple[dict, _Result]]:
 
 
 def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
-                   engines: Mapping[str, Engine], *, stage: str) -> StageStats:
+                   engines: Mapping[str, Engine], *, stage: str, weights: dict | None = None) -> StageStats:
     """Annotate every candidate of one shard with `config.method`; `engines` maps the method's
-    roles (judge | strong, weak | reward) to loaded engines."""
+    roles (judge | strong, weak | reward) to loaded engines; `weights`: the ensemble's fitted
+    weights (`ensemble_fit.scoring_weights`), for method ensemble."""
     missing = [r for r in config.roles() if r not in engines]
     if missing:
         raise ValueError(f"{stage}: method {config.method} needs engines for {', '.join(missing)}")
+    if config.method == "ensemble" and weights is None:
+        raise ValueError(f"{stage}: method ensemble needs its fitted weights")
     out_dir = Path(out_dir)
     stats = StageStats(stage)
     annotations = ShardWriter(out_dir, ANNOTATION, shard_rows=1 << 30)
@@ -182,6 +200,8 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
         results = _judge_pairwise(config, engines, convs, refs, comparisons, annotator, reliability)
     elif config.method == "density_ratio":
         results = _density_ratio(config, engines, convs, tick)
+    elif config.method == "ensemble":
+        results = _ensemble(config, engines, convs, tick, weights)
     else:
         results = _reward_model(config, engines, convs)
     results += [(c, _Result("failed", error="empty_response: nothing to annotate")) for c in empty]

@@ -49,16 +49,22 @@ class VLLMEngine:
 
     def __init__(self, model: str | Path, *, model_id: str | None = None, dtype: str = "auto",
                  max_model_len: int | None = 4096, enforce_eager: bool | None = None,
-                 seed: int = 0, **llm_kwargs):
+                 seed: int = 0, share_prefix: bool = True, **llm_kwargs):
         """`enforce_eager` defaults to True on CPU (compiled mode recompiles on every start there)
         and False on GPU. `dtype="auto"` on CPU runs the checkpoint's saved dtype (vLLM's own auto
         would turn float32 into bfloat16, 2-5x slower on CPUs without AVX512-BF16: measured).
+        `share_prefix`: scoring reuses each prompt's KV blocks across its responses (prefix cache);
+        generation never reads that cache, so sampled text does not depend on what ran before.
         Extra keyword arguments go to `vllm.LLM` (e.g. tensor_parallel_size)."""
         import torch
         from transformers import AutoTokenizer
         from vllm import LLM
 
         self.path = str(model)
+        self.share_prefix = share_prefix
+        self.prefix_tokens_reused = 0
+        if share_prefix:
+            llm_kwargs.setdefault("enable_prefix_caching", True)
         self.model_id = model_id or self.path
         on_gpu = torch.cuda.is_available()
         if enforce_eager is None:
@@ -105,7 +111,8 @@ class VLLMEngine:
             prompts.append(self._prompt(self.prompt_ids(r)))
             params.append(SamplingParams(
                 n=p.n, temperature=p.temperature, top_p=p.top_p, max_tokens=p.max_tokens,
-                seed=p.seed, stop=list(p.stop) + list(extra_stop) or None, logprobs=p.logprobs))
+                seed=p.seed, stop=list(p.stop) + list(extra_stop) or None, logprobs=p.logprobs,
+                skip_reading_prefix_cache=True))
         start = time.perf_counter()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         # offline batches finish together: latency is the batch time amortised per request
@@ -128,15 +135,41 @@ class VLLMEngine:
             results.append(completions)
         return results
 
-    def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
-        """Teacher-forced log-probs from vLLM's `prompt_logprobs` over prompt + response ids."""
+    def _prompt_logprobs(self, items: list[tuple[list[int], int]], share: bool) -> list:
+        """vLLM outputs with `prompt_logprobs` for (ids, n_prompt) items. With `share`, a request may
+        read the prefix cache (vLLM skips it for prompt log-probs by default): the positions it
+        read have no valid log-probs, which is harmless while they lie inside the prompt; the
+        caller rescores any item whose cached part reached into the response."""
         from vllm import SamplingParams
 
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                skip_reading_prefix_cache=not share)
+        return self.llm.generate([self._prompt(ids) for ids, _ in items], params, use_tqdm=False)
+
+    def score(self, requests: list[ScoreRequest]) -> list[TokenScores]:
+        """Teacher-forced log-probs from vLLM's `prompt_logprobs` over prompt + response ids. With
+        `share_prefix` (default) a prompt's first response is scored first and its other responses
+        then reuse the prompt's cached KV blocks (vLLM's prefix cache, whole blocks only)."""
         if not requests:
             return []
         items = [chat.scoring_ids(self.tokenizer, r.prompt, r.response, r.system) for r in requests]
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        outputs = self.llm.generate([self._prompt(ids) for ids, _ in items], params, use_tqdm=False)
+        outputs: list = [None] * len(items)
+        if self.share_prefix:
+            first: dict[tuple, int] = {}
+            for i, (ids, n_prompt) in enumerate(items):
+                first.setdefault(tuple(ids[:n_prompt]), i)
+            waves = [sorted(first.values())]
+            waves.append([i for i in range(len(items)) if i not in set(waves[0])])
+        else:
+            waves = [list(range(len(items)))]
+        for wave in waves:
+            for i, out in zip(wave, self._prompt_logprobs([items[i] for i in wave], self.share_prefix)):
+                outputs[i] = out
+        redo = [i for i, ((_, n_prompt), out) in enumerate(zip(items, outputs))
+                if (out.num_cached_tokens or 0) > n_prompt]  # the cache reached into the response
+        for i, out in zip(redo, self._prompt_logprobs([items[i] for i in redo], False)):
+            outputs[i] = out
+        self.prefix_tokens_reused += sum(min(out.num_cached_tokens or 0, n) for (_, n), out in zip(items, outputs))
         scores = []
         for (ids, n_prompt), out in zip(items, outputs):
             plp = out.prompt_logprobs  # position i: {token_id: Logprob} incl. the actual ids[i]

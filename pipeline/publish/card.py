@@ -322,6 +322,13 @@ def gold_agreement(manifest: dict) -> str:
     text = "; ".join(parts) + "."
     if (verdict := (ev.get("verdict") or {}).get("sentence")):
         text += " " + esc(verdict)
+    if (fit := manifest.get("annotator_fit")):
+        w = fit["weights"]
+        terms = ", ".join(f"`{esc(f)}` {c:+.2f}" for f, c in zip(w["features"], w["coefficients"]))
+        text += (f" The annotator is an ensemble: standardised scores combined with weights fitted by logistic "
+                 f"regression on {w['decisive_pairs']} gold pairs without a tie ({terms}"
+                 + ("; the length term is dropped when scoring" if fit["configured_variant"] == "length_controlled"
+                    else "") + f"); its accuracy above is out of fold ({w['folds']}-fold cross-validation).")
     if (g := ev.get("gate")):
         text += (f" The recipe's annotator gate asks for {percent(g['min_accuracy'])}: "
                  + ("passed." if g.get("passed") else "**not met; the build was forced past it (`--force`), "

@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.annotate import gate
+from pipeline.annotate import ensemble_fit, gate
 from pipeline.annotate.reliability import self_preference
 from pipeline.annotate.stage import annotate_shard, judge_reliability
 from pipeline.cache import RequestCache
 from pipeline.filters.length import LengthConfig
 from pipeline.generate import generate_shard
+from pipeline.ids import canonical_json
 from pipeline.lineage import CANDIDATES, CONVERSATIONS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
 from pipeline.stats import StageStats
@@ -68,15 +69,28 @@ class AnnotateStage(Stage):
         length = self.recipe.filters.length
         return length if length is not None and length.max_ratio is not None else None
 
-    def preflight(self) -> str | None:
-        if self.recipe.annotate.gate is None:
+    def _weights(self) -> dict | None:
+        """The ensemble's fitted weights (fitted on first use, then read back), else None."""
+        if self.recipe.annotate.method != "ensemble":
             return None
-        return gate.sentence(gate.check(self.recipe.annotate, self._guard(), self.context.work_root,
-                                        self.context.force))
+        return ensemble_fit.scoring_weights(ensemble_fit.measure(self.recipe.annotate, self.context.work_root))
+
+    def config(self) -> str:
+        weights = self._weights()
+        return super().config() if weights is None else super().config() + canonical_json(weights)
+
+    def preflight(self) -> str | None:
+        lines = []
+        if self.recipe.annotate.method == "ensemble":
+            lines.append(ensemble_fit.sentence(ensemble_fit.measure(self.recipe.annotate, self.context.work_root)))
+        if self.recipe.annotate.gate is not None:
+            lines.append(gate.sentence(gate.check(self.recipe.annotate, self._guard(), self.context.work_root,
+                                                  self.context.force)))
+        return "\n".join(lines) or None
 
     def run(self, unit: Unit, out: Path, resources: dict) -> StageStats:
         return annotate_shard(Path(unit.inputs[0]), out, self.recipe.annotate, resources["engines"].get(),
-                              stage=self.name)
+                              stage=self.name, weights=self._weights())
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         config = self.recipe.annotate
@@ -96,4 +110,8 @@ class AnnotateStage(Stage):
             report = json.loads(path.read_text())
             report["gate"]["forced"] = not report["gate"]["passed"]  # published below the gate: forced
             extra["annotator_eval"] = report
+        if config.method == "ensemble":
+            fit = ensemble_fit.measure(config, self.context.work_root)
+            extra["annotator_fit"] = fit
+            extra.setdefault("annotator_eval", fit)  # the cross-validated numbers, unless a gate measured
         return extra, {}

@@ -71,6 +71,28 @@ def test_vllm_scores_equal_transformers_scores(tiny_vllm_engine, tiny_hf_engine)
     assert abs(moved[0].total - v[0].total) > 1e-3
 
 
+def test_vllm_shares_a_long_prompt_across_its_responses_with_the_same_scores(tiny_vllm_engine, tiny_hf_engine):
+    """A prompt's KV blocks are reused by its other responses (and by a later batch), and no
+    response position reads a cached block: the log-probs stay those of transformers."""
+    story = " ".join(f"The {w} walked to the {v} and saw a {u}." for w, v, u in
+                     zip(["cat", "dog", "bird", "fox"] * 4, ["sea", "hill", "town", "wood"] * 4,
+                         ["boat", "tree", "house", "river"] * 4))
+    prompt = (("user", story + " Now tell me what happened next."),)
+    shared_start = "The cat walked to the sea and saw a boat. " * 8  # responses that share blocks too
+    requests = [ScoreRequest(prompt, r) for r in ("Then it rained all day.", "Nothing at all happened.",
+                                                   shared_start + "Then it slept.", shared_start + "Then it ran.")]
+    before = tiny_vllm_engine.prefix_tokens_reused
+    v = tiny_vllm_engine.score(requests)
+    assert tiny_vllm_engine.prefix_tokens_reused > before  # blocks of the prompt were reused
+    h = tiny_hf_engine.score(requests)
+    for a, b in zip(v, h):
+        assert a.num_tokens == b.num_tokens
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-3, rtol=0)
+    again = tiny_vllm_engine.score(requests[2:])  # now even their shared response start is cached
+    for a, b in zip(again, h[2:]):
+        np.testing.assert_allclose(a.token_logprobs, b.token_logprobs, atol=1e-3, rtol=0)
+
+
 def test_greedy_generation_same_in_both_engines(tiny_vllm_engine, tiny_hf_engine):
     """Both engines build the same prompt ids, so greedy decoding yields the same tokens and the
     same top log-probs."""

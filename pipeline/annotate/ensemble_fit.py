@@ -1,0 +1,152 @@
+"""Fitting the ensemble annotator on gold pairs (`annotate.ensemble`) and its report.
+
+Every gold pair's two responses are scored once by the strong and the weak model (through the
+eval-annotator score cache), the ensemble is fitted (`ensemble.fit`) and its out-of-fold verdicts
+are reported as eval-annotator reports them: accuracy, kappa, CIs, against the trivial baselines
+(paired), per gold file. Each single feature is reported beside it (its sign as the fit found it),
+so the gain of the combination is visible. Inside a build the report is kept under the work root
+by content (gold bytes, the ensemble config, the models, code), so an unchanged fit runs once; it
+is published as the manifest's `annotator_eval`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.annotate import ensemble
+from pipeline.annotate.config import AnnotateConfig
+from pipeline.annotate.density_ratio import DensityRatio
+from pipeline.annotate.eval import CachedEngine, RequestMeter, SCORE_CACHE, expected_requests, metrics
+from pipeline.annotate.gold import GoldPair, load_gold
+from pipeline.atomic import replace_file
+from pipeline.cache import RequestCache
+from pipeline.engines.base import Engine
+from pipeline.ids import content_id, file_sha256
+from pipeline.keys import code_version
+
+CONFIGURED = {False: "ensemble", True: "length_controlled"}
+
+
+def gold_pairs(config: AnnotateConfig) -> tuple[list[GoldPair], dict[str, int]]:
+    """The pooled gold pairs of `annotate.ensemble.gold` (each file's sample; category: the file's
+    name, for the per-file report) and the rows not usable, per file."""
+    e = config.ensemble
+    pairs, rejected = [], {}
+    for path in e.gold:
+        got, bad = load_gold(Path(path), e.format, e.limit, e.seed)
+        pairs += [dataclasses.replace(p, category=Path(path).name) for p in got]
+        rejected[Path(path).name] = len(bad)
+    return pairs, rejected
+
+
+def features(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
+             cache_dir: Path | None = None, progress_label: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(features of every response A, of every response B, {"engine": requests run, "cached": hits})."""
+    cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
+    total = expected_requests(config, len(pairs))
+    meter = RequestMeter(total, progress_label, to_progress=True) if progress_label else RequestMeter(total)
+    wrapped: dict[int, CachedEngine] = {}
+    for role in config.roles():
+        if id(engines[role]) not in wrapped:
+            wrapped[id(engines[role])] = CachedEngine(engines[role], getattr(config.models, role).options,
+                                                      cache, meter)
+    try:
+        cdr = DensityRatio(wrapped[id(engines["strong"])], wrapped[id(engines["weak"])], config)
+        responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+        scores = cdr.score([p.prompt for p in pairs for _ in (0, 1)], responses)
+    finally:
+        meter.close()
+        if cache is not None:
+            cache.close()
+    names = config.ensemble.features
+    x = ensemble.matrix([ensemble.response_features(s, r) for s, r in zip(scores, responses)], names)
+    return x[0::2], x[1::2], {"engine": sum(w.calls for w in wrapped.values()), "cached": meter.hits}
+
+
+def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
+               cache_dir: Path | None = None, progress_label: str | None = None) -> dict:
+    """An eval-annotator report of the ensemble's out-of-fold verdicts on `pairs`, with its
+    weights (refitted on every pair) under "weights"."""
+    from pipeline.annotate.baselines import compare_with_baselines
+    from pipeline.annotate.stage import annotator_name
+
+    e = config.ensemble
+    xa, xb, requests = features(config, engines, pairs, cache_dir, progress_label)
+    gold = [p.label for p in pairs]
+    fitted = ensemble.fit(xa, xb, gold, e.features, e.folds, e.regularization, e.seed, config.tie_margin)
+    runs = dict(fitted["verdicts"])
+    signs = dict(zip(e.features, np.sign(fitted["weights"]["coefficients"])))
+    for i, name in enumerate(e.features):  # each member alone, oriented as the fit found it
+        margin = (xa[:, i] - xb[:, i]) * (signs[name] or 1.0)
+        runs[f"{name} alone"] = ["tie" if m == 0 else ("a" if m > 0 else "b") for m in margin]
+    la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
+    variants = {name: metrics(gold, v, la, lb, e.resamples, e.seed) for name, v in runs.items()}
+    configured = CONFIGURED[e.length_controlled]
+    name = annotator_name(config, engines)
+    return {"annotator": name, "method": config.method,
+            "models": {role: engines[role].model_id for role in config.roles()},
+            "config": config.model_dump(mode="json"), "gold_labels": dict(Counter(gold)),
+            "variants": variants, "configured_variant": configured, "weights": fitted["weights"],
+            "requests": requests,
+            **compare_with_baselines(name, pairs, runs, configured, None, e.resamples, e.seed)}
+
+
+def report_path(config: AnnotateConfig, work_root: Path) -> Path:
+    e = config.ensemble
+    key = content_id("w", [file_sha256(Path(g)) for g in e.gold],
+                     e.model_dump(mode="json", exclude={"gold"}),
+                     {r: getattr(config.models, r).model_dump(mode="json") for r in config.roles()},
+                     config.length_norm, config.criteria.model_dump(mode="json"), config.tie_margin,
+                     code_version())
+    return Path(work_root) / "ensemble" / f"{key}.json"
+
+
+def measure(config: AnnotateConfig, work_root: Path, engines: Mapping[str, Engine] | None = None) -> dict:
+    """The ensemble's fit report for this configuration (fitted now, or read back when nothing
+    changed); engines are opened for the fit when not given."""
+    from pipeline.annotate.eval import annotator_engines
+
+    path = report_path(config, work_root)
+    if path.is_file():
+        return json.loads(path.read_text())
+    pairs, rejected = gold_pairs(config)
+    own = engines is None
+    engines = annotator_engines(config) if own else engines
+    try:
+        report = fit_report(config, engines, pairs, path.parent / "cache", progress_label="ensemble fit")
+    finally:
+        if own:
+            for engine in {id(x): x for x in engines.values()}.values():
+                engine.close()
+    report["gold"] = {"path": ", ".join(Path(g).name for g in config.ensemble.gold),
+                      "files": [Path(g).name for g in config.ensemble.gold], "format": config.ensemble.format,
+                      "pairs": len(pairs), "limit": config.ensemble.limit, "seed": config.ensemble.seed,
+                      "rejected": rejected}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_file(path, json.dumps(report, indent=2, sort_keys=True).encode())
+    return report
+
+
+def scoring_weights(report: dict) -> dict:
+    """The weights the annotate stage scores with: the fitted ones, the length term dropped when
+    the configured variant is length-controlled."""
+    w = dict(report["weights"])
+    if report["configured_variant"] == "length_controlled":
+        w["coefficients"] = [0.0 if f == ensemble.LENGTH_FEATURE else c
+                             for f, c in zip(w["features"], w["coefficients"])]
+    return w
+
+
+def sentence(report: dict) -> str:
+    """One line for the build log: the fit, its out-of-fold accuracy and the verdict."""
+    w = report["weights"]
+    terms = ", ".join(f"{f} {c:+.2f}" for f, c in zip(w["features"], w["coefficients"]))
+    return (f"ensemble fitted on {w['decisive_pairs']} gold pairs of {report['gold']['path']} "
+            f"({w['folds']}-fold): {terms}. {report['verdict']['sentence']}")
