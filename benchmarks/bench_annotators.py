@@ -127,11 +127,10 @@ def held_out(xa, xb, pairs: list, names: list[str], controlled: bool, seed: int)
     out = {}
     for name in sorted(set(files)):
         test = np.asarray([f == name for f in files])
-        w = ensemble.fit(xa[~test], xb[~test], gold[~test].tolist(), names, 5, 1.0, seed)["weights"]
-        coef = np.asarray([0.0 if controlled and f == ensemble.LENGTH_FEATURE else c
-                           for f, c in zip(names, w["coefficients"])])
-        margin = ((xa[test] - xb[test]) / w["scales"]) @ coef
-        pred = np.asarray(["tie" if m == 0 else ("a" if m > 0 else "b") for m in margin], object)
+        fitted = ensemble.fit(xa[~test], xb[~test], gold[~test].tolist(), names, 5, 1.0, seed)
+        w = ensemble_fit.scoring_weights({**fitted, "configured_variant": ensemble_fit.CONFIGURED[controlled]})
+        margin = ((xa[test] - xb[test]) / w["scales"]) @ np.asarray(w["coefficients"])
+        pred = np.asarray(ensemble.verdicts(margin), object)
         out[name] = _accuracy(gold[test], pred, True)
     return out
 

@@ -59,7 +59,8 @@ def _fit(diff: np.ndarray, wins: np.ndarray, regularization: float) -> np.ndarra
     return model.fit(x, y).coef_[0]
 
 
-def _verdicts(margins: np.ndarray, tie_margin: float) -> list[str]:
+def verdicts(margins: np.ndarray, tie_margin: float = 0.0) -> list[str]:
+    """a | b | tie per pair from score(A) - score(B)."""
     return ["tie" if abs(m) <= tie_margin else ("a" if m > 0 else "b") for m in margins]
 
 
@@ -106,4 +107,4 @@ def fit(features_a: np.ndarray, features_b: np.ndarray, labels: Sequence[str], n
     weights = {"features": list(names), "coefficients": [float(c) for c in coef],
                "scales": [float(s) for s in scales], "folds": folds, "regularization": regularization,
                "pairs": int(len(labels)), "decisive_pairs": int(len(decisive)), "seed": seed}
-    return {"weights": weights, "verdicts": {k: _verdicts(v, tie_margin) for k, v in oof.items()}}
+    return {"weights": weights, "verdicts": {k: verdicts(v, tie_margin) for k, v in oof.items()}}

@@ -22,10 +22,9 @@ import numpy as np
 from pipeline.annotate import ensemble
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.density_ratio import DensityRatio
-from pipeline.annotate.eval import CachedEngine, RequestMeter, SCORE_CACHE, expected_requests, metrics
+from pipeline.annotate.eval import cached_engines, metrics
 from pipeline.annotate.gold import GoldPair, load_gold
 from pipeline.atomic import replace_file
-from pipeline.cache import RequestCache
 from pipeline.engines.base import Engine
 from pipeline.ids import content_id, file_sha256
 from pipeline.keys import code_version
@@ -48,26 +47,14 @@ def gold_pairs(config: AnnotateConfig) -> tuple[list[GoldPair], dict[str, int]]:
 def features(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
              cache_dir: Path | None = None, progress_label: str | None = None
              ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features of every response A, of every response B, {"engine": requests run, "cached": hits})."""
-    cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
-    total = expected_requests(config, len(pairs))
-    meter = RequestMeter(total, progress_label, to_progress=True) if progress_label else RequestMeter(total)
-    wrapped: dict[int, CachedEngine] = {}
-    for role in config.roles():
-        if id(engines[role]) not in wrapped:
-            wrapped[id(engines[role])] = CachedEngine(engines[role], getattr(config.models, role).options,
-                                                      cache, meter)
-    try:
-        cdr = DensityRatio(wrapped[id(engines["strong"])], wrapped[id(engines["weak"])], config)
-        responses = [r for p in pairs for r in (p.response_a, p.response_b)]
-        scores = cdr.score([p.prompt for p in pairs for _ in (0, 1)], responses)
-    finally:
-        meter.close()
-        if cache is not None:
-            cache.close()
+    """(features of every response A, of every response B, the requests run and cached)."""
+    responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+    with cached_engines(config, engines, len(pairs), cache_dir, progress_label) as (cached, requests):
+        scores = DensityRatio(cached["strong"], cached["weak"], config).score(
+            [p.prompt for p in pairs for _ in (0, 1)], responses)
     names = config.ensemble.features
     x = ensemble.matrix([ensemble.response_features(s, r) for s, r in zip(scores, responses)], names)
-    return x[0::2], x[1::2], {"engine": sum(w.calls for w in wrapped.values()), "cached": meter.hits}
+    return x[0::2], x[1::2], requests
 
 
 def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
@@ -84,8 +71,7 @@ def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: lis
     runs = dict(fitted["verdicts"])
     signs = dict(zip(e.features, np.sign(fitted["weights"]["coefficients"])))
     for i, name in enumerate(e.features):  # each member alone, oriented as the fit found it
-        margin = (xa[:, i] - xb[:, i]) * (signs[name] or 1.0)
-        runs[f"{name} alone"] = ["tie" if m == 0 else ("a" if m > 0 else "b") for m in margin]
+        runs[f"{name} alone"] = ensemble.verdicts((xa[:, i] - xb[:, i]) * (signs[name] or 1.0))
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {name: metrics(gold, v, la, lb, e.resamples, e.seed) for name, v in runs.items()}
     configured = CONFIGURED[e.length_controlled]

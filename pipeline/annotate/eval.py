@@ -23,7 +23,8 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -168,6 +169,31 @@ class CachedEngine:
 
     def close(self) -> None:
         self.engine.close()
+
+
+@contextmanager
+def cached_engines(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: int, cache_dir: Path | None,
+                   progress_label: str | None = None) -> Iterator[tuple[dict[str, CachedEngine], dict]]:
+    """The method's engines, each behind the score cache in `cache_dir` (None: no cache), counted by one
+    `RequestMeter` for `pairs` gold pairs (reported to `pipeline.progress` under `progress_label`, if
+    given). Yields (role -> CachedEngine, requests); on exit `requests` holds the requests run, the
+    cache hits and the cache's path, and the meter and cache are closed."""
+    cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
+    total = expected_requests(config, pairs)
+    meter = RequestMeter(total, progress_label, to_progress=True) if progress_label else RequestMeter(total)
+    wrapped: dict[int, CachedEngine] = {}
+    for role in config.roles():
+        if id(engines[role]) not in wrapped:
+            wrapped[id(engines[role])] = CachedEngine(engines[role], getattr(config.models, role).options, cache, meter)
+    requests: dict = {}
+    try:
+        yield {role: wrapped[id(engines[role])] for role in config.roles()}, requests
+    finally:
+        meter.close()
+        if cache is not None:
+            cache.close()
+        requests.update({"engine": sum(e.calls for e in wrapped.values()), "cached": meter.hits,
+                         "cache": None if cache is None else str(cache.path)})
 
 
 # --- running the annotator on gold pairs -----------------------------------------------------------
@@ -404,21 +430,8 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
-    cache = RequestCache(Path(cache_dir) / SCORE_CACHE) if cache_dir is not None else None
-    meter = (RequestMeter(expected_requests(config, len(pairs)), progress_label, to_progress=True) if progress_label
-             else RequestMeter(expected_requests(config, len(pairs))))
-    wrapped: dict[int, CachedEngine] = {}
-    for role in config.roles():
-        engine = engines[role]
-        if id(engine) not in wrapped:
-            wrapped[id(engine)] = CachedEngine(engine, getattr(config.models, role).options, cache, meter)
-    try:
-        runs = run_annotator(config, {role: wrapped[id(engines[role])] for role in config.roles()}, pairs,
-                             weights)
-    finally:
-        meter.close()
-        if cache is not None:
-            cache.close()
+    with cached_engines(config, engines, len(pairs), cache_dir, progress_label) as (cached, requests):
+        runs = run_annotator(config, cached, pairs, weights)
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {}
@@ -441,8 +454,7 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
         "gold_labels": dict(Counter(gold)),
         "variants": variants,
         "configured_variant": configured,
-        "requests": {"engine": sum(e.calls for e in wrapped.values()), "cached": meter.hits,
-                     "cache": None if cache is None else str(cache.path)},
+        "requests": requests,
         **compare_with_baselines(name, pairs, {k: r["verdicts"] for k, r in runs.items()}, configured,
                                  length_guard, resamples, config.seed),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 
 from pipeline.annotate import ensemble_fit, gate
@@ -69,11 +70,16 @@ class AnnotateStage(Stage):
         length = self.recipe.filters.length
         return length if length is not None and length.max_ratio is not None else None
 
-    def _weights(self) -> dict | None:
-        """The ensemble's fitted weights (fitted on first use, then read back), else None."""
+    @cached_property
+    def _fit(self) -> dict | None:
+        """The ensemble's fit report (fitted on first use, then read back; once per stage object, not
+        per shard key or task), else None."""
         if self.recipe.annotate.method != "ensemble":
             return None
-        return ensemble_fit.scoring_weights(ensemble_fit.measure(self.recipe.annotate, self.context.work_root))
+        return ensemble_fit.measure(self.recipe.annotate, self.context.work_root)
+
+    def _weights(self) -> dict | None:
+        return None if self._fit is None else ensemble_fit.scoring_weights(self._fit)
 
     def config(self) -> str:
         weights = self._weights()
@@ -81,8 +87,8 @@ class AnnotateStage(Stage):
 
     def preflight(self) -> str | None:
         lines = []
-        if self.recipe.annotate.method == "ensemble":
-            lines.append(ensemble_fit.sentence(ensemble_fit.measure(self.recipe.annotate, self.context.work_root)))
+        if self._fit is not None:
+            lines.append(ensemble_fit.sentence(self._fit))
         if self.recipe.annotate.gate is not None:
             lines.append(gate.sentence(gate.check(self.recipe.annotate, self._guard(), self.context.work_root,
                                                   self.context.force)))
@@ -110,8 +116,7 @@ class AnnotateStage(Stage):
             report = json.loads(path.read_text())
             report["gate"]["forced"] = not report["gate"]["passed"]  # published below the gate: forced
             extra["annotator_eval"] = report
-        if config.method == "ensemble":
-            fit = ensemble_fit.measure(config, self.context.work_root)
+        if (fit := self._fit) is not None:
             extra["annotator_fit"] = fit
             extra.setdefault("annotator_eval", fit)  # the cross-validated numbers, unless a gate measured
         return extra, {}
