@@ -135,10 +135,41 @@ def held_out(xa, xb, pairs: list, names: list[str], controlled: bool, seed: int)
     return out
 
 
-def pooled(n: int, seed: int, cache: Path) -> dict:
-    """Ensembles of the demo models' features on every gold file, pooled and per file."""
+# Criteria system prompts for the strong model (the CDR paper's "customised" ratio): one general
+# prompt for every request, or routed per domain by the last user turn's words (`annotate.criteria`).
+HHH = ("You are a helpful, honest and harmless assistant. Answer accurately, relevantly and "
+       "completely; say when you are unsure; decline requests that could hurt people or break the law.")
+SAFETY = ("You are a harmless assistant. Never help with anything dangerous, illegal, hateful or "
+          "unethical: refuse politely and briefly, and steer the user towards a safe alternative.")
+CRITERIA = {
+    "none": {},
+    "hhh": {"default": HHH},
+    "routed": {"default": HHH, "domains": {
+        "safety": {"prompt": SAFETY, "keywords": [
+            "kill", "steal", "drug", "drugs", "weapon", "gun", "bomb", "hurt", "illegal", "poison", "racist",
+            "hack", "rob", "murder", "cheat", "attack", "fight", "sex", "violent", "revenge", "abuse", "lie",
+            "prank", "insult", "insults", "cocaine", "meth", "torture", "punch", "hit", "shoot", "knife",
+            "theft", "shoplift", "scam", "fraud", "suicide", "harm", "nigger", "bitch", "fuck", "stupid"]},
+        "code": {"prompt": "You are an expert programmer. Write correct, idiomatic, well-explained code "
+                           "that does exactly what was asked.", "keywords": [
+            "code", "python", "function", "program", "sql", "javascript", "java", "script", "bug", "regex",
+            "algorithm", "compile", "class", "api"]},
+        "math": {"prompt": "You are a careful mathematician. Reason step by step and give the correct "
+                           "final answer.", "keywords": [
+            "calculate", "solve", "equation", "math", "sum", "integral", "probability", "percent", "number"]}}},
+}
+
+
+def pooled(n: int, seed: int, cache: Path, strong: str = DEMO_MODELS["strong"]["model"],
+           weak: str = DEMO_MODELS["weak"]["model"], engine: str = "transformers",
+           criteria: str = "none") -> dict:
+    """Ensembles of one strong/weak pair's features on every gold file, pooled and per file."""
     pairs = pooled_pairs(n, seed)
-    base = AnnotateConfig.model_validate({"method": "ensemble", "length_norm": "none", "models": DEMO_MODELS,
+    options = {"max_model_len": 8192} if engine == "vllm" else {}  # the longest gold prompt + response fits
+    models = {role: {"engine": engine, "model": name, "options": options}
+              for role, name in (("strong", strong), ("weak", weak))}
+    base = AnnotateConfig.model_validate({"method": "ensemble", "length_norm": "none", "models": models,
+                                          "criteria": CRITERIA[criteria],
                                           "ensemble": {"gold": [str(GOLD)], "seed": seed}})
     engines = annotator_engines(base)
     t0 = time.perf_counter()
@@ -158,8 +189,9 @@ def pooled(n: int, seed: int, cache: Path) -> dict:
             singles = {k: v for k, v in report["variants"].items() if k.endswith(" alone")}
     for engine in {id(e): e for e in engines.values()}.values():
         engine.close()
-    return {"annotator": "ensembles of the demo models' features", "method": "ensemble",
-            "models": {k: v["model"] for k, v in DEMO_MODELS.items()}, "pairs_per_file": n,
+    return {"annotator": f"ensembles of {strong} / {weak} features", "method": "ensemble",
+            "models": {k: v["model"] for k, v in models.items()}, "engine": engine, "criteria": criteria,
+            "pairs_per_file": n,
             "files": [p.name for p in GOLD_FILES], "gold_labels": {},
             "scoring_seconds": round(seconds, 1), "requests": requests,
             "variants": {**runs, **singles},
@@ -174,7 +206,8 @@ def pooled_markdown(report: dict) -> str:
     files = report["files"]
     first = next(iter(report["fits"].values()))
     lines = [f"# Annotators pooled over {len(files)} gold files ({report['pairs_per_file']} pairs each)", "",
-             f"Models: {report['models']}; scoring {report['scoring_seconds']} s "
+             f"Models: {report['models']} ({report.get('engine', 'transformers')} engine, criteria "
+             f"{report.get('criteria', 'none')}); scoring {report['scoring_seconds']} s "
              f"({report['requests']['engine']} requests run, {report['requests']['cached']} from the cache).", "",
              "| annotator | pooled acc. excl. ties [95% CI] | - best trivial [95% CI] | "
              + " | ".join(f"{f[:24]}" for f in files) + " | held-out file: " + " / ".join(f[:8] for f in files) + " |",
@@ -209,10 +242,18 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
+    ap.add_argument("--strong", default=DEMO_MODELS["strong"]["model"], help="pooled: strong model")
+    ap.add_argument("--weak", default=DEMO_MODELS["weak"]["model"], help="pooled: weak model")
+    ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"], help="pooled: engine")
+    ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
+                    help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
     if args.part == "pooled":
-        report = pooled(args.pairs, args.seed, args.cache)
-        out = ROOT / "benchmarks" / "results" / "annotators-pooled"
+        report = pooled(args.pairs, args.seed, args.cache, args.strong, args.weak, args.engine, args.criteria)
+        demo = (args.strong, args.weak, args.engine, args.criteria) == (
+            DEMO_MODELS["strong"]["model"], DEMO_MODELS["weak"]["model"], "transformers", "none")
+        tag = "" if demo else f"-{args.strong}-{args.weak}-{args.engine}-{args.criteria}"
+        out = ROOT / "benchmarks" / "results" / f"annotators-pooled{tag}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         (out / "eval-annotator.md").write_text(pooled_markdown(report))

@@ -27,10 +27,11 @@ def input_manifest(recipe: Recipe) -> list[dict]:
 
 
 def build_key(recipe: Recipe, inputs: list[dict]) -> str:
-    """Same recipe (input paths aside), same input bytes and same code -> same key."""
+    """Same recipe (input paths aside), same input bytes, same bytes of every other file it
+    names and same code -> same key."""
     config = {k: v for k, v in recipe.resolved().items() if k != "inputs"}
     return content_id("b", config, [(i["format"], i["max_rows"], i["sha256"]) for i in inputs],
-                       code_version())
+                      Recipe.file_hashes(recipe.resolved()), code_version())
 
 
 def merge_stats(stage: str, results: list[StageResult]) -> StageStats:

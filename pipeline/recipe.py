@@ -130,8 +130,25 @@ class Recipe(Strict):
     def hash(self) -> str:
         return content_id("r", self.resolved())
 
+    @staticmethod
+    def file_hashes(data: dict) -> dict[str, str]:
+        """sha256 of every file named in recipe data besides the inputs (judge templates, gold
+        files) and of the decontamination benchmarks, by field: what a build reads besides its
+        inputs, so that a file changed in place changes the keys of the work it feeds."""
+        from pipeline.filters.decontam import load_registry
+        from pipeline.keys import content_hash
+
+        out = {loc: content_hash(Path(obj[key])) for pattern, kind in PATH_FIELDS.items() if kind == "file"
+               for loc, obj, key in fields_at(data, pattern)}
+        if (d := data.get("decontam")) is not None:
+            root, specs = load_registry(d.get("registry"), d.get("benchmarks_root"), d.get("benchmarks"))
+            out["decontam.benchmarks"] = content_id("", [(s.model_dump_json(), content_hash(root / s.file))
+                                                         for s in specs])
+        return out
+
     def stage_config(self, *sections: str) -> str:
-        """Canonical JSON of some recipe sections: part of a stage's cache key."""
+        """Canonical JSON of some recipe sections and of the files they name: part of a stage's
+        cache key."""
         data = self.resolved()
         if data.get("annotate"):  # the gate decides whether a stage runs, never what it writes
             data["annotate"] = {k: v for k, v in data["annotate"].items() if k != "gate"}
@@ -139,13 +156,14 @@ class Recipe(Strict):
                 # adds the weights fitted on it (AnnotateStage.config)
                 data["annotate"]["ensemble"] = {k: v for k, v in data["annotate"]["ensemble"].items()
                                                 if k != "gold"}
-        return canonical_json({s: data.get(s) for s in sections})
+        chosen = {s: data.get(s) for s in sections}
+        return canonical_json({**chosen, "files": self.file_hashes(chosen)})
 
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def _fields(data: object, pattern: str) -> list[tuple[str, dict | list, str | int]]:
+def fields_at(data: object, pattern: str) -> list[tuple[str, dict | list, str | int]]:
     """(dotted location, mapping or list, key or index) of each value set at `pattern` in raw recipe data."""
     found: list[tuple[str, object]] = [("", data)]
     *parents, last = pattern.split(".")
@@ -169,7 +187,7 @@ def _resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Pa
     and (location, path, path as written, what must be there) of each."""
     data, paths = copy.deepcopy(data), []
     for pattern, must_exist in PATH_FIELDS.items():
-        for loc, obj, key in _fields(data, pattern):
+        for loc, obj, key in fields_at(data, pattern):
             if isinstance(obj[key], str):  # anything else is a type error, reported by validation
                 path = base_dir / obj[key]
                 paths.append((loc, path, obj[key], must_exist))
@@ -207,7 +225,7 @@ def _validate(model: type[M], data: dict, source: str, base_dir: Path | None, ch
         if (problem := _path_problem(path, must_exist)) is not None:
             raise RecipeError(f"{source}: {loc}: {problem}: {written}")
     for pattern in ENV_FIELDS:
-        for loc, obj, key in _fields(data, pattern):
+        for loc, obj, key in fields_at(data, pattern):
             if (problem := env_var_problem(obj[key], require_set=check_env)) is not None:
                 raise RecipeError(f"{source}: {loc}: {problem}")
     return result

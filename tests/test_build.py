@@ -96,3 +96,39 @@ def test_a_stage_that_drops_every_row_is_said_and_can_fail_the_build(tmp_path):
     assert read_manifest(tmp_path / "a/datasets/emptied/v0001")["rows_dropped"] == 5  # published, all in dropped/
     failed = cli("build", str(recipe), "--data-root", str(tmp_path / "b"), "--fail-on-empty", check=False)
     assert failed.returncode == 1 and "--fail-on-empty" in failed.stderr.splitlines()[-1]
+
+
+def _first_human_turn(row: bytes) -> str:
+    text = json.loads(row)["chosen"]
+    return text.split("\n\nHuman: ", 1)[1].split("\n\nAssistant:", 1)[0]
+
+
+def test_a_file_the_recipe_names_changed_in_place_is_a_new_build(real_data, tmp_path):
+    """The build key covers the bytes of what a build reads besides its inputs: here the
+    decontamination benchmarks. A benchmark file edited at the same path must not be answered
+    with the earlier version ("unchanged"), whose rows it would now drop."""
+    src = hh_slice(real_data, tmp_path / "in" / "hh.jsonl", 40)
+    turns = [_first_human_turn(line) for line in src.read_bytes().splitlines()]
+    leaked = next(t for t in turns if len(t.split()) >= 12)
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "items.jsonl").write_text(json.dumps({"question": "What is the capital city of a country "
+                                                               "that has no coastline at all?"}) + "\n")
+    (bench / "registry.yaml").write_text(
+        "root: .\nbenchmarks:\n  - {name: mine, file: items.jsonl, format: jsonl, text_fields: [question]}\n")
+    recipe = write_recipe(tmp_path / "recipe.yaml", [src], "hh", decontam={"registry": str(bench / "registry.yaml")})
+    root = tmp_path / "root"
+    cli("build", str(recipe), "--data-root", str(root))
+    first = read_manifest(root / "datasets/hh/v0001")
+    assert first["funnel"][1]["stage"] == "decontam" and first["funnel"][1]["rows_dropped"] == 0
+
+    # the same files: the earlier version is the answer
+    assert "unchanged" in cli("build", str(recipe), "--data-root", str(root)).stdout
+    # one benchmark item now is one of the input's prompts: a new version, without that row
+    (bench / "items.jsonl").write_text(json.dumps({"question": leaked}) + "\n")
+    again = cli("build", str(recipe), "--data-root", str(root))
+    assert "unchanged" not in again.stdout and list_versions(root, "hh") == [1, 2]
+    second = read_manifest(root / "datasets/hh/v0002")
+    assert second["build_key"] != first["build_key"]
+    assert second["funnel"][1]["rows_dropped"] >= 1
+    assert second["rows"] == first["rows"] - second["funnel"][1]["rows_dropped"]

@@ -209,3 +209,46 @@ def test_every_path_is_relative_to_the_recipe_for_build_and_eval_annotator(recip
     assert recipe.annotate.templates.pairwise == str((recipe_dir / "prompts" / "pairwise.jinja").resolve())
     assert recipe.decontam.cache_dir == str((recipe_dir / "cache").resolve())
     assert load_annotate_config(path) == recipe.annotate
+
+
+def test_build_key_covers_the_bytes_of_every_file_the_recipe_names(recipe_dir):
+    """Judge templates and gold files (gate, ensemble) are read by the build: changed in place at
+    the same path, the build key changes; untouched, it does not."""
+    from pipeline.build import build_key, input_manifest
+
+    files = {"pairwise.jinja": "Which is better? {{ response_a }} {{ response_b }}",
+             "gate.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b"}\n',
+             "fit.jsonl": '{"prompt": "q", "chosen": "c", "rejected": "d"}\n'}
+    for name, text in files.items():
+        (recipe_dir / name).write_text(text)
+    path = write(recipe_dir, GOOD + """
+annotate:
+  method: judge_pairwise
+  models: {judge: {model: qwen2.5-coder-0.5b-instruct}}
+  templates: {pairwise: pairwise.jinja}
+  gate: {gold: gate.jsonl, min_accuracy: 0.5}
+pairs: {rule: best_vs_worst}
+generate: {include_source_responses: true}
+""")
+
+    def key() -> str:
+        recipe = load_recipe(path)
+        return build_key(recipe, input_manifest(recipe))
+
+    before = key()
+    assert key() == before
+    seen = {before}
+    for name in ("pairwise.jinja", "gate.jsonl"):
+        (recipe_dir / name).write_text(files[name] + " ")
+        seen.add(key())
+    (recipe_dir / "fit.jsonl").write_text("")  # not named by this recipe
+    seen.add(key())
+    assert len(seen) == 3
+    # the ensemble's gold files, listed
+    path.write_text(path.read_text().replace("method: judge_pairwise", "method: ensemble").replace(
+        "judge: {model: qwen2.5-coder-0.5b-instruct}",
+        "strong: {model: qwen2.5-coder-0.5b-instruct}, weak: {model: gemma3-270m}").replace(
+        "  gate:", "  ensemble: {gold: [fit.jsonl]}\n  gate:"))
+    fitted = key()
+    (recipe_dir / "fit.jsonl").write_text(files["fit.jsonl"] + " ")
+    assert key() != fitted

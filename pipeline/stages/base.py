@@ -9,6 +9,8 @@ units run. Results cross the seam as `StageResult`s: paths and counts, never row
 
 from __future__ import annotations
 
+import functools
+
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -93,6 +95,10 @@ class Stage:
 
     def config(self) -> str:
         """The configuration part of the content key."""
+        return self._sections_config
+
+    @functools.cached_property
+    def _sections_config(self) -> str:  # read once per stage object: it hashes the files named
         return self.recipe.stage_config(*self.sections)
 
     def key(self, unit: Unit) -> str:
