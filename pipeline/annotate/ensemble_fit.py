@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.annotate import ensemble
 from pipeline.annotate.config import AnnotateConfig
 from pipeline.annotate.density_ratio import DensityRatio
-from pipeline.annotate.eval import cached_engines, metrics
+from pipeline.annotate.eval import build_score_cache, cached_engines, metrics
 from pipeline.annotate.gold import GoldPair, load_gold
 from pipeline.atomic import replace_file
 from pipeline.engines.base import Engine
@@ -106,7 +106,7 @@ def measure(config: AnnotateConfig, work_root: Path, engines: Mapping[str, Engin
     own = engines is None
     engines = annotator_engines(config) if own else engines
     try:
-        report = fit_report(config, engines, pairs, path.parent / "cache", progress_label="ensemble fit")
+        report = fit_report(config, engines, pairs, build_score_cache(work_root), progress_label="ensemble fit")
     finally:
         if own:
             for engine in {id(x): x for x in engines.values()}.values():

@@ -45,6 +45,12 @@ LABELS = ["a", "b", "tie", "failed"]
 SCORE_CACHE = "scores.sqlite"
 
 
+def build_score_cache(work_root: Path) -> Path:
+    """Where a build's gold-pair scores are cached (the annotator gate and the ensemble fit share it:
+    a gold pair both use is scored once)."""
+    return Path(work_root) / "cache"
+
+
 # --- configuration and engines -------------------------------------------------------------------
 
 def annotator_engines(config: AnnotateConfig) -> dict[str, Engine]:

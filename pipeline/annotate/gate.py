@@ -35,7 +35,7 @@ def accuracy(report: dict) -> tuple[float | None, list]:
 
 def measure(config: AnnotateConfig, guard: LengthConfig | None, work_root: Path) -> dict:
     """The gate's eval-annotator report (measured now, or read back when nothing changed)."""
-    from pipeline.annotate.eval import annotator_engines, evaluate_annotator
+    from pipeline.annotate.eval import annotator_engines, build_score_cache, evaluate_annotator
     from pipeline.annotate.gold import load_gold
 
     path = report_path(config, guard, work_root)
@@ -52,7 +52,7 @@ def measure(config: AnnotateConfig, guard: LengthConfig | None, work_root: Path)
             from pipeline.annotate import ensemble_fit
 
             weights = ensemble_fit.scoring_weights(ensemble_fit.measure(config, work_root, engines))
-        report = evaluate_annotator(config, engines, pairs, gate.resamples, cache_dir=path.parent / "cache",
+        report = evaluate_annotator(config, engines, pairs, gate.resamples, cache_dir=build_score_cache(work_root),
                                     length_guard=guard, progress_label="annotator gate", weights=weights)
     finally:
         for engine in {id(e): e for e in engines.values()}.values():

@@ -120,12 +120,19 @@ def test_an_ensemble_build_scores_with_the_fitted_weights_recorded_in_the_manife
 
 def test_length_controlled_scores_without_the_length_term(tmp_path, real_data, tiny_model_dir,
                                                          tiny_weak_model_dir):
+    """Also: a gate on the fit's own gold pairs asks the engines nothing (one score cache)."""
     recipe = ensemble_recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, "lc",
                              length_controlled=True)
+    data = yaml.safe_load(recipe.read_text())
+    data["annotate"]["gate"] = {"gold": "gold.jsonl", "limit": 30, "min_accuracy": 0.0, "resamples": 100}
+    recipe.write_text(yaml.safe_dump(data))
     root = tmp_path / "root"
     cli("build", str(recipe), "--data-root", str(root))
     manifest = read_manifest(root / "datasets/lc/v0001")
-    assert manifest["annotator_eval"]["configured_variant"] == "length_controlled"
+    assert manifest["annotator_fit"]["configured_variant"] == "length_controlled"
+    gated = manifest["annotator_eval"]
+    assert gated["gate"]["passed"] and gated["gold"]["pairs"] == 30
+    assert gated["requests"]["engine"] == 0 and gated["requests"]["cached"] == 2 * 2 * 30
     w = dict(manifest["annotator_fit"]["weights"])
     w["coefficients"] = [0.0 if f == "log_chars" else c for f, c in zip(w["features"], w["coefficients"])]
     annotations = pl.read_parquet(sorted((root / "work/lc/annotate").rglob("part-*.parquet")))
