@@ -187,8 +187,8 @@ def pooled(n: int, seed: int, cache: Path, strong: str = DEMO_MODELS["strong"]["
         held[name] = held_out(xa[:, idx], xb[:, idx], pairs, features, controlled, seed)
         if name == "ensemble: all five features":
             singles = {k: v for k, v in report["variants"].items() if k.endswith(" alone")}
-    for engine in {id(e): e for e in engines.values()}.values():
-        engine.close()
+    for loaded in {id(e): e for e in engines.values()}.values():
+        loaded.close()
     return {"annotator": f"ensembles of {strong} / {weak} features", "method": "ensemble",
             "models": {k: v["model"] for k, v in models.items()}, "engine": engine, "criteria": criteria,
             "pairs_per_file": n,
@@ -196,6 +196,91 @@ def pooled(n: int, seed: int, cache: Path, strong: str = DEMO_MODELS["strong"]["
             "scoring_seconds": round(seconds, 1), "requests": requests,
             "variants": {**runs, **singles},
             "fits": fits, "held_out_file": held}
+
+
+def model_scores(names: list[str], pairs: list, cache: Path, engine: str) -> tuple[dict, dict]:
+    """(model -> TokenScores of every response, model -> scoring seconds), one engine at a time,
+    through the eval-annotator score cache (the runs of `pooled` fill it)."""
+    from pipeline.annotate.eval import SCORE_CACHE, CachedEngine, RequestMeter
+    from pipeline.cache import RequestCache
+
+    prompts = [p.prompt for p in pairs for _ in (0, 1)]
+    responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+    options = {"max_model_len": 8192} if engine == "vllm" else {}
+    store = RequestCache(cache / SCORE_CACHE)
+    scores, seconds = {}, {}
+    try:
+        for name in names:
+            meter = RequestMeter(len(responses), f"score {name}")
+            loaded = load_engine(name, engine, **options)
+            t0 = time.perf_counter()
+            scores[name] = score_all(CachedEngine(loaded, options, store, meter), prompts, responses,
+                                     [None] * len(prompts), 32)
+            seconds[name] = round(time.perf_counter() - t0, 1)
+            meter.close()
+            loaded.close()
+    finally:
+        store.close()
+    return scores, seconds
+
+
+# log-linear mixtures of the packaged models: each response's summed and per-token log-probs under
+# every model, weights fitted (a density ratio is the mixture with weights +1 / -1)
+Q15, Q05, GEMMA = CANDIDATE_MODELS
+MIXTURES = {  # name: (log-prob kinds, length term: True | False | "controlled", models)
+    "mixture: summed log-probs of the three models + log_chars": (["sum"], True, CANDIDATE_MODELS),
+    "mixture: per-token log-probs of the three models + log_chars": (["tokens"], True, CANDIDATE_MODELS),
+    "mixture: summed + per-token of the three models + log_chars": (["sum", "tokens"], True, CANDIDATE_MODELS),
+    "mixture: summed + per-token of the three models, length-controlled": (["sum", "tokens"], "controlled",
+                                                                           CANDIDATE_MODELS),
+    "mixture: per-token log-probs of the three models, no length": (["tokens"], False, CANDIDATE_MODELS),
+    "mixture: summed + per-token, Qwen 1.5B + Qwen 0.5B + log_chars": (["sum", "tokens"], True, [Q15, Q05]),
+    "mixture: summed + per-token, Qwen 1.5B + Gemma + log_chars": (["sum", "tokens"], True, [Q15, GEMMA]),
+    "mixture: summed + per-token, Qwen 0.5B + Gemma + log_chars": (["sum", "tokens"], True, [Q05, GEMMA]),
+}
+
+
+def pooled_mixtures(n: int, seed: int, cache: Path, engine: str = "vllm") -> dict:
+    """Ensembles over the log-probs of every packaged model (pooled, per file, held-out file)."""
+    import math
+
+    import numpy as np
+
+    from pipeline.annotate.baselines import compare_with_baselines
+
+    pairs = pooled_pairs(n, seed)
+    scores, seconds = model_scores(CANDIDATE_MODELS, pairs, cache, engine)
+    responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+    columns = {}
+    for m in CANDIDATE_MODELS:
+        columns[f"sum:{m}"] = [s.total for s in scores[m]]
+        columns[f"tokens:{m}"] = [s.total / max(s.num_tokens, 1) for s in scores[m]]
+    columns["log_chars"] = [math.log1p(len(r)) for r in responses]
+    gold = [p.label for p in pairs]
+    la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
+    runs, fits, held, variants = {}, {}, {}, {}
+    for name, (kinds, length, members) in MIXTURES.items():
+        names = [f"{k}:{m}" for k in kinds for m in members] + (["log_chars"] if length else [])
+        x = np.asarray([columns[c] for c in names], float).T
+        xa, xb = x[0::2], x[1::2]
+        fitted = ensemble.fit(xa, xb, gold, names, 5, 1.0, seed)
+        variant = "length_controlled" if length == "controlled" else "ensemble"
+        runs[name] = fitted["verdicts"][variant]
+        report = compare_with_baselines(name, pairs, {name: runs[name]}, name, None, 1000, seed)
+        fits[name] = {"weights": fitted["weights"], "verdict": report["verdict"],
+                      "by_file": report["baselines"].get("by_group"), "baselines": report["baselines"]}
+        variants[name] = metrics(gold, runs[name], la, lb, 1000, seed)
+        held[name] = held_out(xa, xb, pairs, names, length == "controlled", seed)
+    for strong, weak in CANDIDATE_PAIRS:  # the plain density ratios, for reference
+        for kind in ("sum", "tokens"):
+            r = np.asarray(columns[f"{kind}:{strong}"]) - np.asarray(columns[f"{kind}:{weak}"])
+            variants[f"density ratio {strong} / {weak}, {kind} alone"] = metrics(
+                gold, ensemble.verdicts(r[0::2] - r[1::2]), la, lb, 1000, seed)
+    return {"annotator": "log-linear mixtures of the packaged models", "method": "ensemble",
+            "models": CANDIDATE_MODELS, "engine": engine, "criteria": "none", "pairs_per_file": n,
+            "files": [p.name for p in GOLD_FILES], "scoring_seconds": sum(seconds.values()),
+            "model_seconds": seconds, "requests": {"engine": "see model_seconds", "cached": "-"},
+            "variants": variants, "fits": fits, "held_out_file": held}
 
 
 def pooled_markdown(report: dict) -> str:
@@ -238,7 +323,7 @@ def pooled_markdown(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled"])
+    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
@@ -248,6 +333,14 @@ def main() -> None:
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
+    if args.part == "pooled-mixtures":
+        report = pooled_mixtures(args.pairs, args.seed, args.cache, args.engine)
+        out = ROOT / "benchmarks" / "results" / f"annotators-pooled-mixtures-{args.engine}"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        (out / "eval-annotator.md").write_text(pooled_markdown(report))
+        print((out / "eval-annotator.md").read_text())
+        return
     if args.part == "pooled":
         report = pooled(args.pairs, args.seed, args.cache, args.strong, args.weak, args.engine, args.criteria)
         demo = (args.strong, args.weak, args.engine, args.criteria) == (
