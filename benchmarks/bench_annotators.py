@@ -304,11 +304,14 @@ def pooled_markdown(report: dict) -> str:
                      f"{_diff({'difference': fit['verdict']['difference'], 'ci95': fit['verdict']['ci95']})} | "
                      + " | ".join(_fmt(by.get(f, {}).get("annotator")) for f in files) + " | "
                      + " / ".join(_fmt(report["held_out_file"][name].get(f)) for f in files) + " |")
+    best = first["baselines"]["best_trivial"]
     for name, m in report["variants"].items():
         if name.endswith(" alone"):
-            lines.append(f"| {name} (sign from the fit) | "
-                         f"{_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | | "
-                         + " | " * (len(files) - 1) + " | |")
+            diff = first["baselines"]["differences"].get(name, {}).get(best)
+            label = name if name.startswith("density ratio") else f"{name} (sign from the fit)"
+            lines.append(f"| {label} | "
+                         f"{_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | "
+                         f"{_diff(diff) if diff else ''} | " + " | " * (len(files) - 1) + " | |")
     for key, label in TRIVIAL.items():
         t = first["baselines"]["trivial"][key]
         by = first["by_file"] or {}
