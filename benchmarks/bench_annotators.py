@@ -336,20 +336,17 @@ def main() -> None:
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
-    if args.part == "pooled-mixtures":
-        report = pooled_mixtures(args.pairs, args.seed, args.cache, args.engine)
-        out = ROOT / "benchmarks" / "results" / f"annotators-pooled-mixtures-{args.engine}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-        (out / "eval-annotator.md").write_text(pooled_markdown(report))
-        print((out / "eval-annotator.md").read_text())
-        return
-    if args.part == "pooled":
-        report = pooled(args.pairs, args.seed, args.cache, args.strong, args.weak, args.engine, args.criteria)
-        demo = (args.strong, args.weak, args.engine, args.criteria) == (
-            DEMO_MODELS["strong"]["model"], DEMO_MODELS["weak"]["model"], "transformers", "none")
-        tag = "" if demo else f"-{args.strong}-{args.weak}-{args.engine}-{args.criteria}"
-        out = ROOT / "benchmarks" / "results" / f"annotators-pooled{tag}"
+    if args.part in ("pooled", "pooled-mixtures"):
+        size = "" if args.pairs == 60 else f"-{args.pairs}pairs"
+        if args.part == "pooled-mixtures":
+            report = pooled_mixtures(args.pairs, args.seed, args.cache, args.engine)
+            tag = f"-mixtures-{args.engine}"
+        else:
+            report = pooled(args.pairs, args.seed, args.cache, args.strong, args.weak, args.engine, args.criteria)
+            demo = (args.strong, args.weak, args.engine, args.criteria) == (
+                DEMO_MODELS["strong"]["model"], DEMO_MODELS["weak"]["model"], "transformers", "none")
+            tag = "" if demo else f"-{args.strong}-{args.weak}-{args.engine}-{args.criteria}"
+        out = ROOT / "benchmarks" / "results" / f"annotators-pooled{tag}{size}"
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
         (out / "eval-annotator.md").write_text(pooled_markdown(report))
