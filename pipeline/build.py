@@ -29,9 +29,10 @@ def input_manifest(recipe: Recipe) -> list[dict]:
 def build_key(recipe: Recipe, inputs: list[dict]) -> str:
     """Same recipe (input paths aside), same input bytes, same bytes of every other file it
     names and same code -> same key."""
-    config = {k: v for k, v in recipe.resolved().items() if k != "inputs"}
+    data = recipe.resolved()
+    config = {k: v for k, v in data.items() if k != "inputs"}
     return content_id("b", config, [(i["format"], i["max_rows"], i["sha256"]) for i in inputs],
-                      Recipe.file_hashes(recipe.resolved()), code_version())
+                      Recipe.file_hashes(data), code_version())
 
 
 def merge_stats(stage: str, results: list[StageResult]) -> StageStats:

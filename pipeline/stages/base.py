@@ -10,7 +10,6 @@ units run. Results cross the seam as `StageResult`s: paths and counts, never row
 from __future__ import annotations
 
 import functools
-
 import json
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
