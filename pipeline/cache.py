@@ -3,8 +3,10 @@
 One SQLite database (WAL journal) per work directory. A result is committed the moment it is
 `put`, so a run killed half-way, rerun, asks the engine only for what is missing. Several
 processes may share one cache: WAL lets readers run beside the one writer, and writers wait
-(`busy_timeout`) rather than fail. Keep the file on a local disk (SQLite locking is unreliable on
-network file systems).
+(`busy_timeout`) rather than fail. Switching a new file to WAL is the one step SQLite answers
+"database is locked" at once, without waiting, when another process opens the same new file at
+that moment: it is retried until `timeout_s`. Keep the file on a local disk (SQLite locking is
+unreliable on network file systems).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from pipeline.ids import canonical_json, content_id
 
@@ -38,7 +42,7 @@ class RequestCache:
         self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
                                      check_same_thread=False)
         self._conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _use_wal(self._conn, timeout_s)
         # durable against a killed process (not against power loss), and fast
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute(
@@ -112,6 +116,20 @@ class RequestCache:
 
     def __repr__(self) -> str:
         return f"RequestCache({str(self.path)!r})"
+
+
+def _locked(err: BaseException) -> bool:
+    return isinstance(err, sqlite3.OperationalError) and "locked" in str(err)
+
+
+def _use_wal(conn: sqlite3.Connection, timeout_s: float) -> None:
+    """Put the database in WAL mode (a no-op read when it already is), retrying while another
+    connection holds the lock the switch needs: SQLite's busy handler does not cover it."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+        return
+    retry(retry=retry_if_exception(_locked), stop=stop_after_delay(timeout_s),
+          wait=wait_random_exponential(multiplier=0.01, max=0.5), reraise=True)(
+        conn.execute)("PRAGMA journal_mode=WAL")
 
 
 def recomputed(path: str | Path) -> int:

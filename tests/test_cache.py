@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from pipeline.cache import RequestCache, count_results, request_key
@@ -55,3 +58,20 @@ def test_concurrent_processes_share_one_cache(tmp_path):
     with RequestCache(path) as cache:
         got = cache.get_many(f"k{i}" for i in range(800))
     assert {k: v["text"] for k, v in got.items()} == {f"k{i}": f"v{i}" for i in range(800)}
+
+
+def test_opening_a_new_cache_while_another_process_switches_it_to_wal(tmp_path):
+    """Two shard tasks opening one new cache at the same moment: while the first switches the new
+    file to WAL it holds a write lock, which SQLite makes the second's switch fail on at once,
+    without waiting (CI failed a build on it: "database is locked"). The opener waits instead."""
+    path = tmp_path / "new.sqlite"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the write lock a switch to WAL holds, on a still-new file
+    threading.Timer(0.5, other.execute, ("COMMIT",)).start()
+    started = time.monotonic()
+    with RequestCache(path, timeout_s=30) as cache:
+        cache.put("k", {"text": "v"})
+        assert cache.get("k") == {"text": "v"}
+    assert time.monotonic() - started >= 0.4  # it waited for the lock rather than going around it
+    other.close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
