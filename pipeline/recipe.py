@@ -135,15 +135,14 @@ class Recipe(Strict):
         """sha256 of every file named in recipe data besides the inputs (judge templates, gold
         files) and of the decontamination benchmarks, by field: what a build reads besides its
         inputs, so that a file changed in place changes the keys of the work it feeds."""
-        from pipeline.filters.decontam import load_registry
+        from pipeline.filters.decontam import benchmarks_digest, load_registry
         from pipeline.keys import content_hash
 
         out = {loc: content_hash(Path(obj[key])) for pattern, kind in PATH_FIELDS.items() if kind == "file"
                for loc, obj, key in fields_at(data, pattern)}
         if (d := data.get("decontam")) is not None:
             root, specs = load_registry(d.get("registry"), d.get("benchmarks_root"), d.get("benchmarks"))
-            out["decontam.benchmarks"] = content_id("", [(s.model_dump_json(), content_hash(root / s.file))
-                                                         for s in specs])
+            out["decontam.benchmarks"] = benchmarks_digest(root, specs)
         return out
 
     def stage_config(self, *sections: str) -> str:

@@ -122,6 +122,17 @@ def load_registry(path: str | Path | None = None, root: str | Path | None = None
     return base, specs
 
 
+def benchmarks_digest(root: Path, specs: list[BenchmarkSpec], *extra: str) -> str:
+    """sha256 over each benchmark's spec and file bytes (and `extra`): changes when any of them does."""
+    fp = hashlib.sha256()
+    for spec in specs:
+        fp.update(spec.model_dump_json().encode())
+        fp.update(file_sha256(root / spec.file).encode())
+    for text in extra:
+        fp.update(text.encode())
+    return fp.hexdigest()
+
+
 def load_items(root: Path, specs: list[BenchmarkSpec]) -> list[Item]:
     items = []
     for spec in specs:
@@ -221,13 +232,8 @@ def build_benchmark_index(config: DecontamConfig = DecontamConfig(), bitmap_bits
     for t in tables.values():
         pos = (t.unique & np.uint64(mask)).astype(np.int64)
         np.bitwise_or.at(bitmap, pos >> 3, (1 << (pos & 7)).astype(np.uint8))
-    fp = hashlib.sha256()
-    for spec in specs:
-        fp.update(spec.model_dump_json().encode())
-        fp.update(file_sha256(root / spec.file).encode())
-    fp.update(config.normalize.model_dump_json().encode())
     index = BenchmarkIndex(items, tables, bitmap, mask, int((lengths < config.min_item_tokens).sum()),
-                           fingerprint=fp.hexdigest()[:16])
+                           fingerprint=benchmarks_digest(root, specs, config.normalize.model_dump_json())[:16])
     if config.embedding.enabled:
         index.embeddings = _item_embeddings(index, config)
         index.faiss_index = flat_ip_index(index.embeddings.shape[1])
