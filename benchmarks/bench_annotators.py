@@ -4,6 +4,7 @@
     python benchmarks/bench_annotators.py cdr --pairs 60      # CDR strong=Qwen 0.5B-Instruct / weak=Gemma 270M
     python benchmarks/bench_annotators.py cdr-candidates --pairs 100   # every packaged strong/weak pair
     python benchmarks/bench_annotators.py pooled --pairs 60   # ensembles on every gold set, pooled
+    python benchmarks/bench_annotators.py harmless-head --pairs 100   # MiniLM reward head, hh-rlhf-fitted
 
 One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
 with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
@@ -283,6 +284,63 @@ def pooled_mixtures(n: int, seed: int, cache: Path, engine: str = "vllm") -> dic
             "variants": variants, "fits": fits, "held_out_file": held}
 
 
+HH = "hh-rlhf_harmless-base_test.jsonl.gz"
+
+
+def harmless_head(n: int, seed: int) -> dict:
+    """A linear Bradley-Terry head on frozen MiniLM response embeddings (a reward model's last
+    layer on a packaged encoder), fitted on the hh-rlhf harmless pairs outside the pooled sample
+    and measured on the pooled sample of every gold file (disjoint from its training pairs)."""
+    import random
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.annotate.baselines import compare_with_baselines
+    from pipeline.filters.embed import embed_texts
+
+    pairs = pooled_pairs(n, seed)
+    hh, _ = load_gold(GOLD.parent / HH)
+    train = [hh[i] for i in random.Random(seed).sample(range(len(hh)), len(hh))[n:] if hh[i].label != "tie"]
+    t0 = time.perf_counter()
+    emb = embed_texts([r for p in train + pairs for r in (p.response_a, p.response_b)])
+    seconds = time.perf_counter() - t0
+    diff = emb[0::2] - emb[1::2]
+    logchars = np.log1p([[len(p.response_a), len(p.response_b)] for p in train + pairs])
+    dlen = (logchars[:, 0] - logchars[:, 1])[:, None]
+    y = np.asarray([p.label == "a" for p in train], int)
+    k = len(train)
+    gold = [p.label for p in pairs]
+    la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
+    variants, fits = {}, {}
+    for name, x in {"embedding head (MiniLM, fitted on other hh-rlhf pairs)": diff,
+                    "embedding head + log_chars (fitted on other hh-rlhf pairs)": np.hstack([diff, dlen])}.items():
+        # both orders of every training pair and no intercept: the head cannot learn a position
+        head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=5000).fit(
+            np.vstack([x[:k], -x[:k]]), np.concatenate([y, 1 - y]))
+        pred = ensemble.verdicts(x[k:] @ head.coef_[0])
+        report = compare_with_baselines(name, pairs, {name: pred}, name, None, 1000, seed)
+        fits[name] = {"weights": {"features": [f"minilm[{i}]" for i in range(diff.shape[1])]
+                                  + (["log_chars"] if x.shape[1] > diff.shape[1] else []),
+                                  "coefficients": head.coef_[0].round(4).tolist()},
+                      "verdict": report["verdict"], "by_file": report["baselines"].get("by_group"),
+                      "baselines": report["baselines"]}
+        variants[name] = metrics(gold, pred, la, lb, 1000, seed)
+    return {"annotator": "embedding reward head", "method": "reward head on frozen embeddings",
+            "models": ["packaged:all-MiniLM-L6-v2"], "engine": "sentence-transformers", "criteria": "none",
+            "pairs_per_file": n, "training_pairs": k, "training_file": HH,
+            "files": [p.name for p in GOLD_FILES], "scoring_seconds": round(seconds, 1),
+            "requests": {"engine": 2 * (k + len(pairs)), "cached": 0},
+            "variants": variants, "fits": fits, "held_out_file": {name: {} for name in fits}}
+
+
+def _weights(w: dict, shown: int = 12) -> str:
+    """A fit's weights, named; a long vector (an embedding head) by its size, named ones kept."""
+    named = [(f, c) for f, c in zip(w["features"], w["coefficients"]) if len(w["features"]) <= shown or "[" not in f]
+    hidden = len(w["features"]) - len(named)
+    return ", ".join([*(f"{f} {c:+.3f}" for f, c in named), *([f"{hidden} embedding weights (in the JSON)"] if hidden else [])])
+
+
 def pooled_markdown(report: dict) -> str:
     """The pooled report as Markdown: one row per annotator, pooled and per file, and held out."""
     from pipeline.annotate.baselines import TRIVIAL, _diff
@@ -317,16 +375,15 @@ def pooled_markdown(report: dict) -> str:
         by = first["by_file"] or {}
         lines.append(f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])}"
                      f" | | " + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + " | |")
-    lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: "
-                    + ", ".join(f"{f} {c:+.3f}" for f, c in zip(fit["weights"]["features"],
-                                                                fit["weights"]["coefficients"]))
+    lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: " + _weights(fit["weights"])
                     for name, fit in report["fits"].items())]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures"])
+    ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures",
+                                                      "harmless-head"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
@@ -336,9 +393,11 @@ def main() -> None:
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
-    if args.part in ("pooled", "pooled-mixtures"):
+    if args.part in ("pooled", "pooled-mixtures", "harmless-head"):
         size = "" if args.pairs == 60 else f"-{args.pairs}pairs"
-        if args.part == "pooled-mixtures":
+        if args.part == "harmless-head":
+            report, tag = harmless_head(args.pairs, args.seed), "-harmless-head"
+        elif args.part == "pooled-mixtures":
             report = pooled_mixtures(args.pairs, args.seed, args.cache, args.engine)
             tag = f"-mixtures-{args.engine}"
         else:
