@@ -5,6 +5,7 @@
     python benchmarks/bench_annotators.py cdr-candidates --pairs 100   # every packaged strong/weak pair
     python benchmarks/bench_annotators.py pooled --pairs 60   # ensembles on every gold set, pooled
     python benchmarks/bench_annotators.py harmless-head --pairs 100   # MiniLM reward head, hh-rlhf-fitted
+    python benchmarks/bench_annotators.py harmless-routed --pairs 60 --engine vllm   # head on safety prompts
 
 One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
 with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
@@ -23,6 +24,7 @@ benchmarks/results/annotators-<part>/eval-annotator.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -287,50 +289,137 @@ def pooled_mixtures(n: int, seed: int, cache: Path, engine: str = "vllm") -> dic
 HH = "hh-rlhf_harmless-base_test.jsonl.gz"
 
 
-def harmless_head(n: int, seed: int) -> dict:
-    """A linear Bradley-Terry head on frozen MiniLM response embeddings (a reward model's last
-    layer on a packaged encoder), fitted on the hh-rlhf harmless pairs outside the pooled sample
-    and measured on the pooled sample of every gold file (disjoint from its training pairs)."""
+@functools.lru_cache(maxsize=2)
+def _embedded(n: int, seed: int) -> tuple[list, object, float]:
+    """(hh-rlhf training pairs outside `pooled_pairs(n, seed)`, MiniLM embeddings of the training
+    then the pooled responses, a/b interleaved, seconds taken): computed once per run."""
     import random
 
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
-
-    from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.filters.embed import embed_texts
 
-    pairs = pooled_pairs(n, seed)
     hh, _ = load_gold(GOLD.parent / HH)
     train = [hh[i] for i in random.Random(seed).sample(range(len(hh)), len(hh))[n:] if hh[i].label != "tie"]
     t0 = time.perf_counter()
-    emb = embed_texts([r for p in train + pairs for r in (p.response_a, p.response_b)])
-    seconds = time.perf_counter() - t0
-    diff = emb[0::2] - emb[1::2]
-    logchars = np.log1p([[len(p.response_a), len(p.response_b)] for p in train + pairs])
-    dlen = (logchars[:, 0] - logchars[:, 1])[:, None]
+    emb = embed_texts([r for p in train + pooled_pairs(n, seed) for r in (p.response_a, p.response_b)])
+    return train, emb, time.perf_counter() - t0
+
+
+def head_margins(pairs: list, seed: int, n: int, with_length: bool = False):
+    """(margin a - b of each pair under a linear Bradley-Terry head on frozen MiniLM response
+    embeddings, the head, training pairs, embedding seconds). The head is fitted on the hh-rlhf
+    harmless pairs outside the pooled sample (`pooled_pairs(n, seed)`): both orders of every
+    training pair and no intercept, so it cannot learn a position."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    train, emb, seconds = _embedded(n, seed)
+    assert len(emb) == 2 * (len(train) + len(pairs))
+    x = emb[0::2] - emb[1::2]
+    if with_length:
+        chars = np.log1p([[len(p.response_a), len(p.response_b)] for p in train + pairs])
+        x = np.hstack([x, (chars[:, 0] - chars[:, 1])[:, None]])
     y = np.asarray([p.label == "a" for p in train], int)
     k = len(train)
-    gold = [p.label for p in pairs]
+    head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=5000).fit(
+        np.vstack([x[:k], -x[:k]]), np.concatenate([y, 1 - y]))
+    return x[k:] @ head.coef_[0], head, k, seconds
+
+
+def _fit_entry(name: str, pairs: list, pred: list[str], weights: dict, seed: int) -> tuple[dict, dict]:
+    """(fits entry, metrics) of one annotator's verdicts on the pooled pairs."""
+    from pipeline.annotate.baselines import compare_with_baselines
+
+    report = compare_with_baselines(name, pairs, {name: pred}, name, None, 1000, seed)
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
+    return ({"weights": weights, "verdict": report["verdict"], "by_file": report["baselines"].get("by_group"),
+             "baselines": report["baselines"]}, metrics([p.label for p in pairs], pred, la, lb, 1000, seed))
+
+
+def harmless_head(n: int, seed: int) -> dict:
+    """The embedding head alone (with and without a length feature) on every gold file's sample."""
+    pairs = pooled_pairs(n, seed)
     variants, fits = {}, {}
-    for name, x in {"embedding head (MiniLM, fitted on other hh-rlhf pairs)": diff,
-                    "embedding head + log_chars (fitted on other hh-rlhf pairs)": np.hstack([diff, dlen])}.items():
-        # both orders of every training pair and no intercept: the head cannot learn a position
-        head = LogisticRegression(C=1.0, fit_intercept=False, max_iter=5000).fit(
-            np.vstack([x[:k], -x[:k]]), np.concatenate([y, 1 - y]))
-        pred = ensemble.verdicts(x[k:] @ head.coef_[0])
-        report = compare_with_baselines(name, pairs, {name: pred}, name, None, 1000, seed)
-        fits[name] = {"weights": {"features": [f"minilm[{i}]" for i in range(diff.shape[1])]
-                                  + (["log_chars"] if x.shape[1] > diff.shape[1] else []),
-                                  "coefficients": head.coef_[0].round(4).tolist()},
-                      "verdict": report["verdict"], "by_file": report["baselines"].get("by_group"),
-                      "baselines": report["baselines"]}
-        variants[name] = metrics(gold, pred, la, lb, 1000, seed)
+    for name, with_length in {"embedding head (MiniLM, fitted on other hh-rlhf pairs)": False,
+                              "embedding head + log_chars (fitted on other hh-rlhf pairs)": True}.items():
+        margin, head, k, seconds = head_margins(pairs, seed, n, with_length)
+        names = [f"minilm[{i}]" for i in range(384)] + (["log_chars"] if with_length else [])
+        fits[name], variants[name] = _fit_entry(name, pairs, ensemble.verdicts(margin),
+                                                {"features": names, "coefficients": head.coef_[0].round(4).tolist()},
+                                                seed)
     return {"annotator": "embedding reward head", "method": "reward head on frozen embeddings",
             "models": ["packaged:all-MiniLM-L6-v2"], "engine": "sentence-transformers", "criteria": "none",
             "pairs_per_file": n, "training_pairs": k, "training_file": HH,
             "files": [p.name for p in GOLD_FILES], "scoring_seconds": round(seconds, 1),
             "requests": {"engine": 2 * (k + len(pairs)), "cached": 0},
+            "variants": variants, "fits": fits, "held_out_file": {name: {} for name in fits}}
+
+
+REAL = GOLD.parents[1]
+
+
+def safety_router(pairs: list, seed: int, n: int):
+    """P(the last user turn reads like a red-team attempt) for each pair: logistic regression on
+    MiniLM embeddings of the user turn, fitted on the hh-rlhf harmless prompts outside the pooled
+    sample (positives) and ordinary user prompts from files no gold set uses (self-instruct,
+    Arena-Hard, Vicuna-bench, MT-bench first turns: negatives)."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.filters.embed import embed_texts
+
+    def last_user(prompt: list[dict]) -> str:
+        return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+    def rows(path: Path) -> list[dict]:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    train, _, _ = _embedded(n, seed)
+    negatives = ([r["instruction"] for r in rows(REAL / "prompts/self-instruct_user_oriented_instructions.jsonl")]
+                 + [r["prompt"] for r in rows(REAL / "benchmarks/arena-hard-v0.1_question.jsonl")]
+                 + [r["turns"][0] for name in ("vicuna_bench_question", "mt_bench_question")
+                    for r in rows(REAL / f"benchmarks/{name}.jsonl")])
+    positives = [last_user(p.prompt) for p in train]
+    x = embed_texts(positives + negatives + [last_user(p.prompt) for p in pairs])
+    k = len(positives) + len(negatives)
+    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(
+        x[:k], np.r_[np.ones(len(positives)), np.zeros(len(negatives))])
+    return clf.predict_proba(x[k:])[:, 1]
+
+
+def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dict:
+    """The 1.5B/0.5B per-token density ratio, except on prompts the `routed` criteria send to the
+    safety domain (by the last user turn's words, `route_criteria`), where the embedding head decides."""
+    import numpy as np
+
+    from pipeline.annotate.config import Criteria, route_criteria
+
+    pairs = pooled_pairs(n, seed)
+    scores, seconds = model_scores([Q15, Q05], pairs, cache, engine)
+    per_token = {m: np.asarray([s.total / max(s.num_tokens, 1) for s in scores[m]]) for m in (Q15, Q05)}
+    ratio = per_token[Q15] - per_token[Q05]
+    ratio_margin = ratio[0::2] - ratio[1::2]
+    head_margin, _, k, took = head_margins(pairs, seed, n)
+    criteria = Criteria.model_validate(CRITERIA["routed"])
+    safety = np.asarray([route_criteria(criteria, p.prompt)[0] == "safety" for p in pairs])
+    red_team = safety_router(pairs, seed, n) > 0.5
+    runs = {"routed by keywords: head on safety prompts, 1.5B/0.5B per-token ratio elsewhere":
+            np.where(safety, head_margin, ratio_margin),
+            "routed by a prompt classifier: head on red-team prompts, 1.5B/0.5B per-token ratio elsewhere":
+            np.where(red_team, head_margin, ratio_margin),
+            "density ratio 1.5B / 0.5B per token alone": ratio_margin,
+            "embedding head alone": head_margin}
+    variants, fits = {}, {}
+    for name, margin in runs.items():
+        fits[name], variants[name] = _fit_entry(name, pairs, ensemble.verdicts(margin),
+                                                {"features": [], "coefficients": []}, seed)
+    files = [p.category for p in pairs]
+    routed = {route: {f: round(float(chosen[[c == f for c in files]].mean()), 3) for f in sorted(set(files))}
+              for route, chosen in (("keywords", safety), ("classifier", red_team))}
+    return {"annotator": "routed: embedding head / density ratio", "method": "routed",
+            "models": [Q15, Q05, "packaged:all-MiniLM-L6-v2"], "engine": engine, "criteria": "routed (safety route only)",
+            "pairs_per_file": n, "training_pairs": k, "training_file": HH, "safety_routed_share": routed,
+            "files": [p.name for p in GOLD_FILES], "scoring_seconds": round(sum(seconds.values()) + took, 1),
+            "model_seconds": seconds, "requests": {"engine": "see model_seconds", "cached": "-"},
             "variants": variants, "fits": fits, "held_out_file": {name: {} for name in fits}}
 
 
@@ -383,7 +472,7 @@ def pooled_markdown(report: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures",
-                                                      "harmless-head"])
+                                                      "harmless-head", "harmless-routed"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
@@ -393,10 +482,12 @@ def main() -> None:
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
-    if args.part in ("pooled", "pooled-mixtures", "harmless-head"):
+    if args.part in ("pooled", "pooled-mixtures", "harmless-head", "harmless-routed"):
         size = "" if args.pairs == 60 else f"-{args.pairs}pairs"
         if args.part == "harmless-head":
             report, tag = harmless_head(args.pairs, args.seed), "-harmless-head"
+        elif args.part == "harmless-routed":
+            report, tag = harmless_routed(args.pairs, args.seed, args.cache, args.engine), f"-harmless-routed-{args.engine}"
         elif args.part == "pooled-mixtures":
             report = pooled_mixtures(args.pairs, args.seed, args.cache, args.engine)
             tag = f"-mixtures-{args.engine}"
