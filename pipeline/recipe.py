@@ -46,6 +46,7 @@ PATH_FIELDS: dict[str, str | None] = {
     "annotate.templates.pairwise": "file",
     "annotate.gate.gold": "file",
     "annotate.ensemble.gold.*": "file",
+    "annotate.safety_head.path": "file",
 }
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
@@ -223,11 +224,24 @@ def _validate(model: type[M], data: dict, source: str, base_dir: Path | None, ch
     for loc, path, written, must_exist in paths:
         if (problem := _path_problem(path, must_exist)) is not None:
             raise RecipeError(f"{source}: {loc}: {problem}: {written}")
+    if paths:
+        _check_file_contents(data, source)
     for pattern in ENV_FIELDS:
         for loc, obj, key in fields_at(data, pattern):
             if (problem := env_var_problem(obj[key], require_set=check_env)) is not None:
                 raise RecipeError(f"{source}: {loc}: {problem}")
     return result
+
+
+def _check_file_contents(data: dict, source: str) -> None:
+    """Files a stage would read late are read now: a malformed one fails before any work."""
+    from pipeline.annotate import safety_head
+
+    for loc, obj, key in fields_at(data, "annotate.safety_head.path"):
+        try:
+            safety_head.load(obj[key])
+        except ValueError as err:
+            raise RecipeError(f"{source}: {loc}: {err}") from None
 
 
 def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None = None,

@@ -96,6 +96,16 @@ class EnsembleConfig(Strict):
     resamples: int = Field(1000, ge=0, description="bootstrap resamples of the reported CIs")
 
 
+class SafetyHeadConfig(Strict):
+    """`annotate.safety_head`: on prompts that read like red-team attempts, a harmlessness reward
+    head scores instead of the density ratio (pipeline.annotate.safety_head)."""
+
+    path: str = Field(description="the head's JSON file (weights, embedder, what it was fitted on), "
+                                  "relative to the recipe")
+    threshold: float | None = Field(None, gt=0, lt=1, description="route to the head when P(red-team "
+                                                                  "prompt) >= this; default: the file's")
+
+
 class AnnotateConfig(Strict):
     method: Method = "judge_pairwise"
     models: AnnotatorModels = AnnotatorModels()
@@ -125,6 +135,8 @@ class AnnotateConfig(Strict):
     criteria: Criteria = Criteria()
     ensemble: EnsembleConfig | None = Field(None, description="method ensemble: features and the gold "
                                                                "pairs their weights are fitted on")
+    safety_head: SafetyHeadConfig | None = Field(None, description="method density_ratio: a harmlessness "
+                                                                   "head scores red-team prompts instead")
     # every method
     tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
     batch_size: int = Field(32, ge=1, description="Requests per engine call")
@@ -145,6 +157,8 @@ class AnnotateConfig(Strict):
             raise ValueError("ensemble.features: a feature is listed twice")
         if self.ensemble is not None and self.ensemble.length_controlled and "log_chars" not in self.ensemble.features:
             raise ValueError("ensemble.length_controlled needs log_chars among ensemble.features")
+        if self.safety_head is not None and self.method != "density_ratio":
+            raise ValueError("safety_head: only method density_ratio takes one")
         if len(set(self.aspects)) != len(self.aspects):
             raise ValueError("aspects: an aspect is listed twice")
         return self

@@ -3,6 +3,8 @@
 Both log-probs are teacher-forced sums over the response tokens (`Engine.score`), each under its
 own model's tokenizer and chat format, so any two scoring engines pair up (the text is the same).
 The criteria system prompt goes to the strong model only, chosen per prompt by the domain router.
+With `annotate.safety_head`, prompts its router sends to the harmlessness head get the head's
+reward instead (`route` says which scored; both numbers are kept).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class DensityRatioScore:
     strong_tokens: int
     weak_tokens: int
     domain: str | None
+    route: str = "density_ratio"  # or "safety_head": the reward is the head's
+    cdr: float | None = None  # the density ratio, whichever route scored
+    head: float | None = None  # the safety head's reward, when the recipe has one
+    p_safety: float | None = None  # the router's P(red-team prompt)
 
 
 Progress = Callable[[float], None]  # called with the share of candidates each batch finished
@@ -71,7 +77,16 @@ class DensityRatio:
         strong = score_all(self.strong, prompts, responses, [criteria for _, criteria in routed],
                            c.batch_size, on_batch, 0.5)
         weak = score_all(self.weak, prompts, responses, [None] * len(prompts), c.batch_size, on_batch, 0.5)
-        return [DensityRatioScore(density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r,
-                                                c.length_norm), s.total, w.total,
-                                  s.num_tokens, w.num_tokens, domain)
-                for s, w, r, (domain, _) in zip(strong, weak, responses, routed)]
+        out = []
+        for s, w, r, (domain, _) in zip(strong, weak, responses, routed):
+            cdr = density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r, c.length_norm)
+            out.append(DensityRatioScore(cdr, s.total, w.total, s.num_tokens, w.num_tokens, domain, cdr=cdr))
+        if c.safety_head is not None:
+            from pipeline.annotate import safety_head
+
+            head = safety_head.load(c.safety_head.path, c.safety_head.threshold)
+            for x, h, p in zip(out, head.scores(responses), head.p_safety(prompts)):
+                x.head, x.p_safety = float(h), float(p)
+                if p >= head.threshold:
+                    x.reward, x.route = float(h), "safety_head"
+        return out

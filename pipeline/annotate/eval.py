@@ -273,6 +273,9 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
                 by_variant["density_ratio"] = [s.reward for s in results]
             else:
                 by_variant[config.method] = [s.reward for s in results]
+            if config.safety_head is not None:  # each of the routed scorers alone, on every pair
+                by_variant["density_ratio[no safety head]"] = [s.cdr for s in results]
+                by_variant["safety head alone"] = [s.head for s in results]
             # the other length normalisations come from the same log-probs, at no extra cost
             for norm in ("none", "tokens", "chars"):
                 if norm != config.length_norm:

@@ -32,7 +32,8 @@ STATS_JSON = "annotate_stats.json"
 def annotator_name(config: AnnotateConfig, engines: Mapping[str, Engine]) -> str:
     if config.method in ("density_ratio", "ensemble"):
         kind = "cdr" if config.method == "density_ratio" else "ensemble"
-        return f"{kind}:{engines['strong'].model_id}/{engines['weak'].model_id}"
+        head = "+safety_head" if config.safety_head is not None else ""
+        return f"{kind}:{engines['strong'].model_id}/{engines['weak'].model_id}{head}"
     if config.method == "reward_model":
         return f"rm:{engines['reward'].model_id}"
     return f"{config.method}:{engines['judge'].model_id}"
@@ -128,7 +129,9 @@ def _density_ratio(config, engines, convs, on_batch) -> list[tuple[dict, _Result
     return [(c, _Result("ok", s.reward, details={
         "strong_logprob": s.strong_logprob, "weak_logprob": s.weak_logprob,
         "strong_tokens": s.strong_tokens, "weak_tokens": s.weak_tokens, "domain": s.domain,
-        "length_norm": config.length_norm})) for c, s in zip(cands, scores)]
+        "length_norm": config.length_norm,
+        **({"route": s.route, "density_ratio": s.cdr, "safety_head": s.head, "p_safety": s.p_safety}
+           if config.safety_head is not None else {})})) for c, s in zip(cands, scores)]
 
 
 def _ensemble(config, engines, convs, on_batch, weights: dict) -> list[tuple[dict, _Result]]:
@@ -243,6 +246,8 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
         "failed": stats.rows_dropped, "annotated": stats.rows_out,
         "with_expectation": sum(1 for _, r in results if r.status == "ok" and r.expectation is not None),
     }
+    if config.safety_head is not None:
+        summary["safety_head_scored"] = sum(1 for _, r in results if r.details.get("route") == "safety_head")
     annotations.close()
     comparisons.close()
     dropped.close()

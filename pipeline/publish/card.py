@@ -305,7 +305,7 @@ def gold_agreement(manifest: dict) -> str:
         if manifest["recipe"].get("annotate") is None:
             return ("Not applicable: the pairs keep the source's own labels; no model annotated them.")
         return ("Not measured for this build. Measure the recipe's annotator with `prefpipe eval-annotator "
-                "RECIPE --gold FILE` before trusting its labels.")
+                "RECIPE --gold FILE` before trusting its labels." + safety_head_sentence(manifest))
     m = (ev.get("variants") or {}).get(ev.get("configured_variant"), ev)
     acc = next((m[k] for k in ("accuracy_excluding_ties", "accuracy", "agreement") if m.get(k) is not None), None)
     ci = (m.get("ci95") or {}).get("accuracy_excluding_ties") or [None, None]
@@ -329,11 +329,29 @@ def gold_agreement(manifest: dict) -> str:
                  f"regression on {w['decisive_pairs']} gold pairs without a tie ({terms}"
                  + ("; the length term is dropped when scoring" if fit["configured_variant"] == "length_controlled"
                     else "") + f"); its accuracy above is out of fold ({w['folds']}-fold cross-validation).")
+    text += safety_head_sentence(manifest)
     if (g := ev.get("gate")):
         text += (f" The recipe's annotator gate asks for {percent(g['min_accuracy'])}: "
                  + ("passed." if g.get("passed") else "**not met; the build was forced past it (`--force`), "
                                                       "so treat these labels with suspicion.**"))
     return text
+
+
+def safety_head_sentence(manifest: dict) -> str:
+    """How the safety head took part (`models.safety_head`), with its sources' licences; or ''."""
+    h = ((manifest.get("models") or {}).get("safety_head"))
+    if not h:
+        return ""
+    fitted = h.get("fitted_on") or {}
+    pairs = fitted.get("pairs") or {}
+    prompts = ", ".join(f"`{esc(p['file'])}`" for p in fitted.get("ordinary_prompts") or [])
+    licences = "; ".join(esc(x) for x in fitted.get("licences") or []) or "not recorded in the head file"
+    return (f" On prompts that read like red-team attempts (router P >= {fmt_num(h['threshold'])}), a harmlessness "
+            f"reward head on `{esc(h['embedder'])}` embeddings scored instead of the density ratio: "
+            f"{h['candidates_scored']} candidates of this build. The head (`{esc(h['file'])}`) was fitted on "
+            f"`{esc(pairs.get('file', '?'))}` (its held-out sample of {(pairs.get('held_out') or {}).get('limit', '?')} "
+            f"pairs excluded) and its router on ordinary prompts from {prompts or 'unrecorded files'}; "
+            f"sources' licences: {licences}.")
 
 
 def decontam_section(manifest: dict) -> str:

@@ -22,6 +22,18 @@ from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_en
 from pipeline.stats import StageStats
 
 
+def safety_head_record(config, stats_files: list[Path]) -> dict:
+    """The manifest's account of the safety head: its file, what it was fitted on, and how many
+    candidates it scored."""
+    from pipeline.annotate import safety_head
+    from pipeline.ids import file_sha256
+
+    head = safety_head.load(config.path, config.threshold)
+    scored = sum(json.loads(Path(p).read_text()).get("safety_head_scored", 0) for p in stats_files)
+    return {"file": Path(config.path).name, "sha256": file_sha256(Path(config.path)), "embedder": head.embedder,
+            "threshold": head.threshold, "fitted_on": head.meta.get("fitted_on"), "candidates_scored": scored}
+
+
 class GenerateStage(Stage):
     name = "generate"
     sections = ("generate",)
@@ -110,6 +122,8 @@ class AnnotateStage(Stage):
         stats_files = [p for r in results for p in Path(r.dir).glob("annotate_stats.json")]
         if stats_files:
             extra["judge_reliability"] = judge_reliability(stats_files)
+        if config.safety_head is not None:
+            models["safety_head"] = safety_head_record(config.safety_head, stats_files)
         extra["warnings"] = self_preference(refs, {m.model or m.name for m in self.recipe.generate.models})
         if config.gate is not None and (path := gate.report_path(config, self._guard(), self.context.work_root)
                                         ).is_file():

@@ -1,0 +1,146 @@
+"""The harmlessness head and its router (`annotate.safety_head`): the shipped file, its quality on
+the hh-rlhf pairs it was never fitted on, a build that routes between it and the density ratio,
+and bad head files failing the recipe before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from pipeline.annotate import safety_head
+from pipeline.annotate.baselines import compare_with_baselines
+from pipeline.annotate.config import AnnotateConfig
+from pipeline.annotate.ensemble import verdicts
+from pipeline.annotate.gold import load_gold
+from pipeline.ids import file_sha256
+from pipeline.publish.store import read_manifest
+from tests.helpers import REPO, cli, hh_slice
+
+SHIPPED = REPO / "data/heads/minilm-hh-harmless.json"
+HH_SAMPLE = REPO / "data/samples/hh-rlhf_harmless-base_test.jsonl.gz"
+
+
+@pytest.fixture(scope="module")
+def head() -> safety_head.SafetyHead:
+    return safety_head.load(str(SHIPPED))
+
+
+def test_the_shipped_head_was_fitted_outside_the_sample_eval_and_the_demo_gate_measure(head):
+    pairs = head.meta["fitted_on"]["pairs"]
+    assert pairs["sha256"] == file_sha256(HH_SAMPLE)
+    held = set(pairs["held_out"]["source_rows"])
+    eval_sample = {p.source_row for p in load_gold(HH_SAMPLE, limit=pairs["held_out"]["limit"],
+                                                   seed=pairs["held_out"]["seed"])[0]}
+    assert held == eval_sample
+    demo = yaml.safe_load((REPO / "data/recipes/demo.yaml").read_text())["annotate"]["gate"]
+    gate_sample = {p.source_row for p in load_gold(HH_SAMPLE, limit=demo["limit"], seed=demo.get("seed", 0))[0]}
+    assert gate_sample <= held  # the demo's gate measures the head out of sample
+    usable = [p for p in load_gold(HH_SAMPLE)[0] if p.label != "tie" and p.source_row not in held]
+    assert len(usable) == json.loads(SHIPPED.read_text())["head"]["decisive_pairs"]
+    assert any("MIT" in x for x in head.meta["fitted_on"]["licences"])
+
+
+def test_on_held_out_pairs_the_head_beats_every_trivial_baseline_and_the_router_finds_red_team_prompts(
+        head, real_data):
+    held, _ = load_gold(HH_SAMPLE, limit=100, seed=0)
+    margin = head.scores([p.response_a for p in held]) - head.scores([p.response_b for p in held])
+    report = compare_with_baselines("head", held, {"head": verdicts(margin)}, "head", None, 1000, 0)
+    verdict = report["verdict"]
+    assert verdict["difference"] > 0.08 and verdict["ci95"][0] > 0, verdict["sentence"]
+    assert (head.p_safety([p.prompt for p in held]) >= head.threshold).mean() >= 0.85
+    autoj, _ = load_gold(real_data / "preference/autoj_testdata_pairwise.jsonl.gz", limit=100, seed=0)
+    assert (head.p_safety([p.prompt for p in autoj]) >= head.threshold).mean() <= 0.35
+
+
+def test_refitting_records_its_sources_excludes_the_held_out_sample_and_is_deterministic(tmp_path, real_data):
+    gold = hh_slice(real_data, tmp_path / "gold.jsonl", 60)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"Write a short poem about the number {i}."}) + "\n"
+                               for i in range(20)))
+    args = ["--gold", str(gold), "--hold-out", "20", "--prompts", str(prompts), "--licence", "hh-rlhf: MIT"]
+    safety_head.main([*args, "--out", str(tmp_path / "one.json")])
+    safety_head.main([*args, "--out", str(tmp_path / "two.json")])
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+    fitted = safety_head.load(str(tmp_path / "one.json"))
+    held = set(fitted.meta["fitted_on"]["pairs"]["held_out"]["source_rows"])
+    every, _ = load_gold(gold)
+    assert len(held) == 20 and held <= {p.source_row for p in every}
+    data = json.loads((tmp_path / "one.json").read_text())
+    assert data["head"]["decisive_pairs"] == sum(p.label != "tie" and p.source_row not in held for p in every)
+    assert data["router"]["negatives"] == 20 and data["fitted_on"]["licences"] == ["hh-rlhf: MIT"]
+
+
+def _recipe(tmp_path: Path, real_data: Path, strong: Path, weak: Path, head_path: str) -> Path:
+    hh_slice(real_data, tmp_path / "hh.jsonl", 4, start=1000)
+    instructions = [json.loads(line) for line in (REPO / "data/samples/self-instruct-20.jsonl").read_text().splitlines()]
+    (tmp_path / "si.jsonl").write_text("".join(json.dumps(r) + "\n" for r in instructions[:3]))
+    recipe = {
+        "inputs": [{"path": "hh.jsonl", "format": "hh_rlhf", "license": "MIT"},
+                   {"path": "si.jsonl", "license": "Apache-2.0"}],
+        "generate": {"models": [{"name": "tiny", "model": str(strong), "engine": "transformers", "k": 2,
+                                 "max_tokens": 8, "temperature": 1.0}],
+                     "include_source_responses": True, "batch_size": 8},
+        "annotate": {"method": "density_ratio", "length_norm": "tokens", "batch_size": 16,
+                     "models": {"strong": {"engine": "transformers", "model": str(strong)},
+                                "weak": {"engine": "transformers", "model": str(weak)}},
+                     "safety_head": {"path": head_path}},
+        "pairs": {"rule": "best_vs_worst"},
+        "output": {"dataset": "routed"},
+    }
+    path = tmp_path / "routed.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_build_routes_red_team_prompts_to_the_head_and_says_so_in_manifest_and_card(
+        tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, head):
+    recipe = _recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, str(SHIPPED))
+    root = tmp_path / "root"
+    cli("build", str(recipe), "--data-root", str(root))
+    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
+    assert set(rows["status"]) == {"ok"} and all(a.endswith("+safety_head") for a in rows["annotator"])
+    details = [json.loads(d) for d in rows["details"]]
+    routes: dict[str, set[str]] = {}
+    for row, d in zip(rows.iter_rows(named=True), details):
+        routes.setdefault(row["conversation_id"], set()).add(d["route"])
+        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+        assert row["score"] == pytest.approx(d["safety_head"] if d["route"] == "safety_head" else d["density_ratio"])
+    assert all(len(r) == 1 for r in routes.values())  # one scorer per conversation: pairs compare like with like
+    scored = sum(d["route"] == "safety_head" for d in details)
+    assert 0 < scored < len(details)  # the red-team prompts went to the head, the instructions did not
+
+    version = root / "datasets/routed/v0001"
+    record = read_manifest(version)["models"]["safety_head"]
+    assert record["candidates_scored"] == scored and record["sha256"] == file_sha256(SHIPPED)
+    assert record["file"] == SHIPPED.name and "/" + str(tmp_path).strip("/") not in json.dumps(record)
+    card = (version / "README.md").read_text()
+    assert f"{scored} candidates of this build" in card and "MIT" in card
+
+
+@pytest.mark.parametrize("broken, field", [
+    ({"router": {"coefficients": [0.1, 0.2], "intercept": 0.0}}, "router: coefficients"),
+    ({"format": "something-else/1"}, "format must be"),
+    ({"embedder": 3}, "embedder"),
+])
+def test_a_malformed_head_file_fails_the_build_before_any_work_naming_the_field(
+        tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, broken, field):
+    data = json.loads(SHIPPED.read_text())
+    data.update(broken)
+    (tmp_path / "bad-head.json").write_text(json.dumps(data))
+    recipe = _recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, "bad-head.json")
+    proc = cli("build", str(recipe), "--data-root", str(tmp_path / "root"), check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if "annotate.safety_head.path" in x]
+    assert len(lines) == 1 and field in lines[0] and "bad-head.json" in lines[0]
+    assert not (tmp_path / "root/work").exists() or not any((tmp_path / "root/work").rglob("part-*.parquet"))
+
+
+def test_only_the_density_ratio_takes_a_safety_head():
+    with pytest.raises(ValueError, match="safety_head: only method density_ratio"):
+        AnnotateConfig(method="reward_model", models={"reward": {"model": "r"}},
+                       safety_head={"path": str(SHIPPED)})
+    assert safety_head.load(str(SHIPPED), 0.9).threshold == 0.9 and safety_head.load(str(SHIPPED)).threshold == 0.5
