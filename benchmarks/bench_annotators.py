@@ -355,40 +355,33 @@ def harmless_head(n: int, seed: int) -> dict:
 
 
 REAL = GOLD.parents[1]
+# The router's ordinary prompts, from files no gold set uses (as data/heads/minilm-hh-harmless.json).
+ORDINARY = [REAL / "prompts/self-instruct_user_oriented_instructions.jsonl",
+            REAL / "benchmarks/arena-hard-v0.1_question.jsonl",
+            REAL / "benchmarks/vicuna_bench_question.jsonl", REAL / "benchmarks/mt_bench_question.jsonl"]
 
 
-def safety_router(pairs: list, seed: int, n: int):
-    """P(the last user turn reads like a red-team attempt) for each pair: logistic regression on
-    MiniLM embeddings of the user turn, fitted on the hh-rlhf harmless prompts outside the pooled
-    sample (positives) and ordinary user prompts from files no gold set uses (self-instruct,
-    Arena-Hard, Vicuna-bench, MT-bench first turns: negatives)."""
-    import numpy as np
-    from sklearn.linear_model import LogisticRegression
+def refitted_head(n: int, seed: int, out: Path):
+    """The shipped head's recipe (`pipeline.annotate.safety_head.fit`) refitted on the hh-rlhf
+    harmless pairs outside `pooled_pairs(n, seed)`, so every pooled hh pair is out of sample."""
+    import random
 
-    from pipeline.filters.embed import embed_texts
+    from pipeline.annotate import safety_head
+    from pipeline.filters.embed import DEFAULT_MODEL
 
-    def last_user(prompt: list[dict]) -> str:
-        return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-
-    def rows(path: Path) -> list[dict]:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-    train, _, _ = _embedded(n, seed)
-    negatives = ([r["instruction"] for r in rows(REAL / "prompts/self-instruct_user_oriented_instructions.jsonl")]
-                 + [r["prompt"] for r in rows(REAL / "benchmarks/arena-hard-v0.1_question.jsonl")]
-                 + [r["turns"][0] for name in ("vicuna_bench_question", "mt_bench_question")
-                    for r in rows(REAL / f"benchmarks/{name}.jsonl")])
-    positives = [last_user(p.prompt) for p in train]
-    x = embed_texts(positives + negatives + [last_user(p.prompt) for p in pairs])
-    k = len(positives) + len(negatives)
-    clf = LogisticRegression(C=1.0, class_weight="balanced", max_iter=5000).fit(
-        x[:k], np.r_[np.ones(len(positives)), np.zeros(len(negatives))])
-    return clf.predict_proba(x[k:])[:, 1]
+    hh, _ = load_gold(GOLD.parent / HH)
+    train = [hh[i] for i in random.Random(seed).sample(range(len(hh)), len(hh))[n:]]
+    fitted = safety_head.fit(train, [t for p in ORDINARY for t in safety_head.prompt_texts(p)], DEFAULT_MODEL)
+    out.write_text(json.dumps(fitted))
+    return safety_head.load(str(out)), fitted["head"]["decisive_pairs"]
 
 
 def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dict:
-    """The 1.5B/0.5B per-token density ratio, except on prompts the `routed` criteria send to the
-    safety domain (by the last user turn's words, `route_criteria`), where the embedding head decides."""
+    """The 1.5B/0.5B per-token density ratio with `annotate.safety_head` (refitted outside the
+    sample): the head scores the prompts its router sends to it; the keyword route of the `routed`
+    criteria (`route_criteria`) in the router's place, for comparison."""
+    import tempfile
+
     import numpy as np
 
     from pipeline.annotate.config import Criteria, route_criteria
@@ -398,14 +391,19 @@ def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dic
     per_token = {m: np.asarray([s.total / max(s.num_tokens, 1) for s in scores[m]]) for m in (Q15, Q05)}
     ratio = per_token[Q15] - per_token[Q05]
     ratio_margin = ratio[0::2] - ratio[1::2]
-    head_margin, _, k, took = head_margins(pairs, seed, n)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        head, k = refitted_head(n, seed, Path(tmp) / "head.json")
+    head_scores = head.scores([r for p in pairs for r in (p.response_a, p.response_b)])
+    head_margin = head_scores[0::2] - head_scores[1::2]
+    red_team = head.p_safety([p.prompt for p in pairs]) >= head.threshold
+    took = time.perf_counter() - t0
     criteria = Criteria.model_validate(CRITERIA["routed"])
     safety = np.asarray([route_criteria(criteria, p.prompt)[0] == "safety" for p in pairs])
-    red_team = safety_router(pairs, seed, n) > 0.5
-    runs = {"routed by keywords: head on safety prompts, 1.5B/0.5B per-token ratio elsewhere":
-            np.where(safety, head_margin, ratio_margin),
-            "routed by a prompt classifier: head on red-team prompts, 1.5B/0.5B per-token ratio elsewhere":
+    runs = {"density ratio 1.5B / 0.5B per token + safety_head (the router's prompts to the head)":
             np.where(red_team, head_margin, ratio_margin),
+            "the same, routed by the `routed` criteria's safety keywords instead":
+            np.where(safety, head_margin, ratio_margin),
             "density ratio 1.5B / 0.5B per token alone": ratio_margin,
             "embedding head alone": head_margin}
     variants, fits = {}, {}
@@ -414,12 +412,13 @@ def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dic
                                                 {"features": [], "coefficients": []}, seed)
     files = [p.category for p in pairs]
     routed = {route: {f: round(float(chosen[[c == f for c in files]].mean()), 3) for f in sorted(set(files))}
-              for route, chosen in (("keywords", safety), ("classifier", red_team))}
-    return {"annotator": "routed: embedding head / density ratio", "method": "routed",
-            "models": [Q15, Q05, "packaged:all-MiniLM-L6-v2"], "engine": engine, "criteria": "routed (safety route only)",
+              for route, chosen in (("router", red_team), ("keywords", safety))}
+    return {"annotator": "density ratio + safety head", "method": "density_ratio + annotate.safety_head",
+            "models": [Q15, Q05, "packaged:all-MiniLM-L6-v2"], "engine": engine, "criteria": "none",
             "pairs_per_file": n, "training_pairs": k, "training_file": HH, "safety_routed_share": routed,
             "files": [p.name for p in GOLD_FILES], "scoring_seconds": round(sum(seconds.values()) + took, 1),
-            "model_seconds": seconds, "requests": {"engine": "see model_seconds", "cached": "-"},
+            "model_seconds": seconds, "head_seconds": round(took, 1),
+            "requests": {"engine": "see model_seconds", "cached": "-"},
             "variants": variants, "fits": fits, "held_out_file": {name: {} for name in fits}}
 
 

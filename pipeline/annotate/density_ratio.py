@@ -20,13 +20,13 @@ from pipeline.engines.chat import message_tuples
 @dataclass
 class DensityRatioScore:
     reward: float
-    strong_logprob: float
-    weak_logprob: float
-    strong_tokens: int
-    weak_tokens: int
+    strong_logprob: float | None  # None: routed to the safety head and not scored by the models
+    weak_logprob: float | None
+    strong_tokens: int | None
+    weak_tokens: int | None
     domain: str | None
     route: str = "density_ratio"  # or "safety_head": the reward is the head's
-    cdr: float | None = None  # the density ratio, whichever route scored
+    cdr: float | None = None  # the density ratio, when the models scored the response
     head: float | None = None  # the safety head's reward, when the recipe has one
     p_safety: float | None = None  # the router's P(red-team prompt)
 
@@ -69,24 +69,36 @@ class DensityRatio:
             require(f"{role} ({engine.model_id})", engine.capabilities, {SCORE})
         self.strong, self.weak, self.config = strong, weak, config
 
-    def score(self, prompts: list[list[dict]], responses: list[str], on_batch: Progress | None = None
-              ) -> list[DensityRatioScore]:
-        """Scores of every response; `on_batch(candidates)` as the two models get through them (half each)."""
+    def score(self, prompts: list[list[dict]], responses: list[str], on_batch: Progress | None = None,
+              every_route: bool = False) -> list[DensityRatioScore]:
+        """Scores of every response; `on_batch(candidates)` as the two models get through them (half
+        each). Responses the safety head scores skip the two models unless `every_route`."""
         c = self.config
-        routed = [route_criteria(c.criteria, p) for p in prompts]
-        strong = score_all(self.strong, prompts, responses, [criteria for _, criteria in routed],
-                           c.batch_size, on_batch, 0.5)
-        weak = score_all(self.weak, prompts, responses, [None] * len(prompts), c.batch_size, on_batch, 0.5)
-        out = []
-        for s, w, r, (domain, _) in zip(strong, weak, responses, routed):
-            cdr = density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r, c.length_norm)
-            out.append(DensityRatioScore(cdr, s.total, w.total, s.num_tokens, w.num_tokens, domain, cdr=cdr))
+        n = len(responses)
+        heads, p_safety, to_head = [None] * n, [None] * n, [False] * n
         if c.safety_head is not None:
             from pipeline.annotate import safety_head
 
             head = safety_head.load(c.safety_head.path, c.safety_head.threshold)
-            for x, h, p in zip(out, head.scores(responses), head.p_safety(prompts)):
-                x.head, x.p_safety = float(h), float(p)
-                if p >= head.threshold:
-                    x.reward, x.route = float(h), "safety_head"
+            heads = [float(h) for h in head.scores(responses)]
+            p_safety = [float(p) for p in head.p_safety(prompts)]
+            to_head = [p >= head.threshold for p in p_safety]
+        lm = [i for i in range(n) if every_route or not to_head[i]]
+        if on_batch is not None and len(lm) < n:
+            on_batch(n - len(lm))
+        routed = [route_criteria(c.criteria, p) for p in prompts]
+        strong = score_all(self.strong, [prompts[i] for i in lm], [responses[i] for i in lm],
+                           [routed[i][1] for i in lm], c.batch_size, on_batch, 0.5)
+        weak = score_all(self.weak, [prompts[i] for i in lm], [responses[i] for i in lm], [None] * len(lm),
+                         c.batch_size, on_batch, 0.5)
+        scored = {i: (s, w) for i, s, w in zip(lm, strong, weak)}
+        out = []
+        for i, r in enumerate(responses):
+            s, w = scored.get(i, (None, None))
+            cdr = None if s is None else density_ratio(s.total, s.num_tokens, w.total, w.num_tokens, r,
+                                                       c.length_norm)
+            out.append(DensityRatioScore(
+                heads[i] if to_head[i] else cdr, None if s is None else s.total, None if w is None else w.total,
+                None if s is None else s.num_tokens, None if w is None else w.num_tokens, routed[i][0],
+                "safety_head" if to_head[i] else "density_ratio", cdr, heads[i], p_safety[i]))
         return out

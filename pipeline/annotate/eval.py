@@ -215,9 +215,10 @@ def _score_verdicts(a: list[float | None], b: list[float | None], margin: float)
 
 
 def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
-                  weights: dict | None = None) -> dict[str, dict]:
+                  weights: dict | None = None, every_route: bool = True) -> dict[str, dict]:
     """{variant: {"verdicts": [a|b|tie|failed], "seconds": s, ...}} for the gold pairs; `weights`:
-    the ensemble's (`ensemble_fit.scoring_weights`), for method ensemble."""
+    the ensemble's (`ensemble_fit.scoring_weights`), for method ensemble. With a safety head and
+    not `every_route`, the pairs it scores skip the density ratio (only the configured variant)."""
     variants: dict[str, dict] = {}
     if config.method == "judge_pairwise":
         judge = PairwiseJudge(engines["judge"], config)
@@ -266,19 +267,20 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
         by_variant: dict[str, list[float]] = {}
         if config.method in ("density_ratio", "ensemble"):
-            results = DensityRatio(engines["strong"], engines["weak"], config).score(prompts, responses)
+            results = DensityRatio(engines["strong"], engines["weak"], config).score(
+                prompts, responses, every_route=every_route)
             if config.method == "ensemble":
                 by_variant["ensemble"] = [ensemble.score(weights, ensemble.response_features(s, r))
                                           for s, r in zip(results, responses)]
                 by_variant["density_ratio"] = [s.reward for s in results]
             else:
                 by_variant[config.method] = [s.reward for s in results]
-            if config.safety_head is not None:  # each of the routed scorers alone, on every pair
+            if config.safety_head is not None and every_route:  # each routed scorer alone, on every pair
                 by_variant["density_ratio[no safety head]"] = [s.cdr for s in results]
                 by_variant["safety head alone"] = [s.head for s in results]
             # the other length normalisations come from the same log-probs, at no extra cost
             for norm in ("none", "tokens", "chars"):
-                if norm != config.length_norm:
+                if norm != config.length_norm and all(s.strong_logprob is not None for s in results):
                     by_variant[f"density_ratio[length_norm={norm}]"] = [
                         density_ratio(s.strong_logprob, s.strong_tokens, s.weak_logprob, s.weak_tokens,
                                       r, norm) for s, r in zip(results, responses)]
@@ -428,19 +430,26 @@ def configured_variant(config: AnnotateConfig, variants: Mapping) -> str:
 def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
                        resamples: int = 1000, cache_dir: Path | None = None,
                        length_guard: LengthConfig | None = None, progress_label: str | None = None,
-                       weights: dict | None = None) -> dict:
+                       weights: dict | None = None, every_route: bool = True) -> dict:
     """The eval-annotator report (a JSON-able dict) for `pairs`, with the trivial baselines and the
     verdict against them (`baselines`). With `cache_dir`, engine results are cached there by
     content (SCORE_CACHE); `length_guard` is the recipe's `filters.length` (recipe_length_guard).
     `progress_label`: report the requests to `pipeline.progress` under it (inside a build).
-    `weights`: the ensemble's fitted weights, for method ensemble."""
+    `weights`: the ensemble's fitted weights, for method ensemble. `every_route=False`: the safety
+    head's pairs skip the density ratio (the gate: only the configured variant counts)."""
     if config.method == "ensemble" and weights is None:
         raise ValueError("eval-annotator: method ensemble needs its fitted weights (ensemble_fit.measure)")
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
-    with cached_engines(config, engines, len(pairs), cache_dir, progress_label) as (cached, requests):
-        runs = run_annotator(config, cached, pairs, weights)
+    planned = len(pairs)
+    if config.safety_head is not None and not every_route:  # the head's pairs make no engine request
+        from pipeline.annotate import safety_head
+
+        head = safety_head.load(config.safety_head.path, config.safety_head.threshold)
+        planned = int((head.p_safety([p.prompt for p in pairs]) < head.threshold).sum())
+    with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
+        runs = run_annotator(config, cached, pairs, weights, every_route)
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {}

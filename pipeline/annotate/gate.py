@@ -53,7 +53,8 @@ def measure(config: AnnotateConfig, guard: LengthConfig | None, work_root: Path)
 
             weights = ensemble_fit.scoring_weights(ensemble_fit.measure(config, work_root, engines))
         report = evaluate_annotator(config, engines, pairs, gate.resamples, cache_dir=build_score_cache(work_root),
-                                    length_guard=guard, progress_label="annotator gate", weights=weights)
+                                    length_guard=guard, progress_label="annotator gate", weights=weights,
+                                    every_route=False)
     finally:
         for engine in {id(e): e for e in engines.values()}.values():
             engine.close()

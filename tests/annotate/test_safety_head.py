@@ -109,6 +109,7 @@ def test_a_build_routes_red_team_prompts_to_the_head_and_says_so_in_manifest_and
         routes.setdefault(row["conversation_id"], set()).add(d["route"])
         assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
         assert row["score"] == pytest.approx(d["safety_head"] if d["route"] == "safety_head" else d["density_ratio"])
+        assert (d["strong_logprob"] is None) == (d["route"] == "safety_head")  # the head's skip the models
     assert all(len(r) == 1 for r in routes.values())  # one scorer per conversation: pairs compare like with like
     scored = sum(d["route"] == "safety_head" for d in details)
     assert 0 < scored < len(details)  # the red-team prompts went to the head, the instructions did not
@@ -144,3 +145,27 @@ def test_only_the_density_ratio_takes_a_safety_head():
         AnnotateConfig(method="reward_model", models={"reward": {"model": "r"}},
                        safety_head={"path": str(SHIPPED)})
     assert safety_head.load(str(SHIPPED), 0.9).threshold == 0.9 and safety_head.load(str(SHIPPED)).threshold == 0.5
+
+
+def test_the_gate_skips_the_models_on_the_heads_pairs_and_reaches_the_same_verdicts(
+        real_data, tiny_model_dir, tiny_weak_model_dir):
+    from pipeline.annotate.eval import evaluate_annotator
+    from pipeline.engines.hf_engine import TransformersEngine
+
+    engines = {"strong": TransformersEngine(tiny_model_dir, model_id="s", dtype="float32"),
+               "weak": TransformersEngine(tiny_weak_model_dir, model_id="w", dtype="float32")}
+    config = AnnotateConfig(method="density_ratio", length_norm="tokens", batch_size=16,
+                            models={"strong": {"model": "s"}, "weak": {"model": "w"}},
+                            safety_head={"path": str(SHIPPED)})
+    hh, _ = load_gold(HH_SAMPLE, limit=8, seed=0)
+    autoj, _ = load_gold(real_data / "preference/autoj_testdata_pairwise.jsonl.gz", limit=8, seed=0)
+    pairs = hh + autoj
+    full = evaluate_annotator(config, engines, pairs, resamples=50)
+    gate = evaluate_annotator(config, engines, pairs, resamples=50, every_route=False)
+    routed = (safety_head.load(str(SHIPPED)).p_safety([p.prompt for p in pairs]) >= 0.5)
+    assert 0 < routed.sum() < len(pairs)
+    assert full["requests"]["engine"] == 4 * len(pairs)
+    assert gate["requests"]["engine"] == 4 * int((~routed).sum())
+    assert gate["variants"]["density_ratio"]["accuracy_excluding_ties"] == full["variants"]["density_ratio"]["accuracy_excluding_ties"]
+    assert gate["verdict"] == full["verdict"]
+    assert {"density_ratio[no safety head]", "safety head alone"} <= set(full["variants"])
