@@ -442,12 +442,14 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
-    planned = len(pairs)
-    if config.safety_head is not None and not every_route:  # the head's pairs make no engine request
+    planned, to_head = len(pairs), None
+    if config.safety_head is not None:
         from pipeline.annotate import safety_head
 
         head = safety_head.load(config.safety_head.path, config.safety_head.threshold)
-        planned = int((head.p_safety([p.prompt for p in pairs]) < head.threshold).sum())
+        to_head = int((head.p_safety([p.prompt for p in pairs]) >= head.threshold).sum())
+        if not every_route:  # the head's pairs make no engine request
+            planned -= to_head
     with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
         runs = run_annotator(config, cached, pairs, weights, every_route)
     gold = [p.label for p in pairs]
@@ -473,6 +475,7 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
         "variants": variants,
         "configured_variant": configured,
         "requests": requests,
+        **({} if to_head is None else {"safety_head_pairs": to_head}),
         **compare_with_baselines(name, pairs, {k: r["verdicts"] for k, r in runs.items()}, configured,
                                  length_guard, resamples, config.seed),
     }

@@ -113,7 +113,7 @@ def fit(pairs: list, ordinary_prompts: list[str], embedder: str, regularization:
 def prompt_texts(path: Path) -> list[str]:
     """The user prompts of a JSONL file: each row's `instruction`, `prompt` or first of `turns`."""
     out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8").split("\n"):  # not splitlines: U+2028 in strings
         if line.strip():
             row = json.loads(line)
             text = row.get("instruction") or row.get("prompt") or (row.get("turns") or [None])[0]

@@ -320,6 +320,11 @@ def gold_agreement(manifest: dict) -> str:
     if pairs:
         parts.append(f"over {pairs} pairs" + (f" of `{esc(Path(gold['path']).name)}`" if gold.get("path") else ""))
     text = "; ".join(parts) + "."
+    if ev.get("safety_head_pairs") is not None:
+        k = ev["safety_head_pairs"]
+        text += (f" The safety head's router sent all {k} gold pairs to the head, so this measures the head alone."
+                 if k == pairs else f" The safety head's router sent {k} of these {pairs} gold pairs to the "
+                 "head; the density ratio scored the rest.")
     if (verdict := (ev.get("verdict") or {}).get("sentence")):
         text += " " + esc(verdict)
     if (fit := manifest.get("annotator_fit")):

@@ -59,8 +59,9 @@ def test_on_held_out_pairs_the_head_beats_every_trivial_baseline_and_the_router_
 def test_refitting_records_its_sources_excludes_the_held_out_sample_and_is_deterministic(tmp_path, real_data):
     gold = hh_slice(real_data, tmp_path / "gold.jsonl", 60)
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"instruction": f"Write a short poem about the number {i}."}) + "\n"
-                               for i in range(20)))
+    prompts.write_text("".join(json.dumps({"instruction": f"Write a short poem\u2028about the number {i}."},
+                                          ensure_ascii=False) + "\n" for i in range(20)), encoding="utf-8")
+    assert len(safety_head.prompt_texts(prompts)) == 20  # a line separator inside a string is not a new row
     args = ["--gold", str(gold), "--hold-out", "20", "--prompts", str(prompts), "--licence", "hh-rlhf: MIT"]
     safety_head.main([*args, "--out", str(tmp_path / "one.json")])
     safety_head.main([*args, "--out", str(tmp_path / "two.json")])
@@ -76,6 +77,7 @@ def test_refitting_records_its_sources_excludes_the_held_out_sample_and_is_deter
 
 def _recipe(tmp_path: Path, real_data: Path, strong: Path, weak: Path, head_path: str) -> Path:
     hh_slice(real_data, tmp_path / "hh.jsonl", 4, start=1000)
+    hh_slice(real_data, tmp_path / "gold.jsonl", 8, start=1100)
     instructions = [json.loads(line) for line in (REPO / "data/samples/self-instruct-20.jsonl").read_text().splitlines()]
     (tmp_path / "si.jsonl").write_text("".join(json.dumps(r) + "\n" for r in instructions[:3]))
     recipe = {
@@ -87,7 +89,8 @@ def _recipe(tmp_path: Path, real_data: Path, strong: Path, weak: Path, head_path
         "annotate": {"method": "density_ratio", "length_norm": "tokens", "batch_size": 16,
                      "models": {"strong": {"engine": "transformers", "model": str(strong)},
                                 "weak": {"engine": "transformers", "model": str(weak)}},
-                     "safety_head": {"path": head_path}},
+                     "safety_head": {"path": head_path},
+                     "gate": {"gold": "gold.jsonl", "min_accuracy": 0.0, "limit": 8, "resamples": 50}},
         "pairs": {"rule": "best_vs_worst"},
         "output": {"dataset": "routed"},
     }
@@ -120,6 +123,9 @@ def test_a_build_routes_red_team_prompts_to_the_head_and_says_so_in_manifest_and
     assert record["file"] == SHIPPED.name and "/" + str(tmp_path).strip("/") not in json.dumps(record)
     card = (version / "README.md").read_text()
     assert f"{scored} candidates of this build" in card and "MIT" in card
+    gate = read_manifest(version)["annotator_eval"]
+    k, n = gate["safety_head_pairs"], gate["variants"]["density_ratio"]["pairs"]
+    assert 0 < k <= n and (f"sent all {k} gold pairs to the head" if k == n else f"sent {k} of these {n}") in card
 
 
 @pytest.mark.parametrize("broken, field", [
@@ -169,3 +175,4 @@ def test_the_gate_skips_the_models_on_the_heads_pairs_and_reaches_the_same_verdi
     assert gate["variants"]["density_ratio"]["accuracy_excluding_ties"] == full["variants"]["density_ratio"]["accuracy_excluding_ties"]
     assert gate["verdict"] == full["verdict"]
     assert {"density_ratio[no safety head]", "safety head alone"} <= set(full["variants"])
+    assert full["safety_head_pairs"] == gate["safety_head_pairs"] == int(routed.sum())
