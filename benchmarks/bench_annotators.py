@@ -361,7 +361,7 @@ ORDINARY = [REAL / "prompts/self-instruct_user_oriented_instructions.jsonl",
             REAL / "benchmarks/vicuna_bench_question.jsonl", REAL / "benchmarks/mt_bench_question.jsonl"]
 
 
-def refitted_head(n: int, seed: int, out: Path):
+def refitted_head(n: int, seed: int):
     """The shipped head's recipe (`pipeline.annotate.safety_head.fit`) refitted on the hh-rlhf
     harmless pairs outside `pooled_pairs(n, seed)`, so every pooled hh pair is out of sample."""
     import random
@@ -372,16 +372,13 @@ def refitted_head(n: int, seed: int, out: Path):
     hh, _ = load_gold(GOLD.parent / HH)
     train = [hh[i] for i in random.Random(seed).sample(range(len(hh)), len(hh))[n:]]
     fitted = safety_head.fit(train, [t for p in ORDINARY for t in safety_head.prompt_texts(p)], DEFAULT_MODEL)
-    out.write_text(json.dumps(fitted))
-    return safety_head.load(str(out)), fitted["head"]["decisive_pairs"]
+    return safety_head.parse(fitted, "refitted head"), fitted["head"]["decisive_pairs"]
 
 
 def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dict:
     """The 1.5B/0.5B per-token density ratio with `annotate.safety_head` (refitted outside the
     sample): the head scores the prompts its router sends to it; the keyword route of the `routed`
     criteria (`route_criteria`) in the router's place, for comparison."""
-    import tempfile
-
     import numpy as np
 
     from pipeline.annotate.config import Criteria, route_criteria
@@ -392,8 +389,7 @@ def harmless_routed(n: int, seed: int, cache: Path, engine: str = "vllm") -> dic
     ratio = per_token[Q15] - per_token[Q05]
     ratio_margin = ratio[0::2] - ratio[1::2]
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        head, k = refitted_head(n, seed, Path(tmp) / "head.json")
+    head, k = refitted_head(n, seed)
     head_scores = head.scores([r for p in pairs for r in (p.response_a, p.response_b)])
     head_margin = head_scores[0::2] - head_scores[1::2]
     red_team = head.p_safety([p.prompt for p in pairs]) >= head.threshold

@@ -103,13 +103,11 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.recipe import PATH_FIELDS, fields_at
+from pipeline.recipe import resolve_paths
 
 recipe_path = Path("data/recipes/demo.yaml").resolve()
-recipe = yaml.safe_load(recipe_path.read_text())
-for pattern in PATH_FIELDS:  # inputs, the gate's gold, the safety head: relative to the recipe
-    for _, obj, key in fields_at(recipe, pattern):
-        obj[key] = str((recipe_path.parent / obj[key]).resolve())
+# inputs, the gate's gold, the safety head: relative to the recipe, absolute in the copy
+recipe, _ = resolve_paths(yaml.safe_load(recipe_path.read_text()), recipe_path.parent)
 recipe.setdefault("dedup", {}).setdefault("semantic", {})["enabled"] = True
 recipe.setdefault("decontam", {}).setdefault("embedding", {})["enabled"] = True
 Path(sys.argv[1]).write_text(yaml.safe_dump(recipe, sort_keys=False))

@@ -32,7 +32,7 @@ from pipeline.names import check_dataset_name
 from pipeline.pairs import PairsConfig
 
 __all__ = ["FORMATS", "IngestConfig", "InputSpec", "Recipe", "RecipeError", "Strict", "load_annotate_config",
-           "load_recipe", "load_yaml", "parse_recipe"]
+           "load_recipe", "load_yaml", "parse_recipe", "resolve_paths"]
 
 # Every path field (`*`: each item of a list, each value of a mapping), resolved against the
 # recipe's directory, and what must be there: "any" (file or directory), "file" or None (the
@@ -182,7 +182,7 @@ def fields_at(data: object, pattern: str) -> list[tuple[str, dict | list, str | 
     return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
 
 
-def _resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Path, str, str | None]]]:
+def resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Path, str, str | None]]]:
     """A copy of `data` with every path field absolute (relative ones are relative to `base_dir`),
     and (location, path, path as written, what must be there) of each."""
     data, paths = copy.deepcopy(data), []
@@ -216,7 +216,7 @@ def _validate(model: type[M], data: dict, source: str, base_dir: Path | None, ch
     `check_env`), not hold a key."""
     paths = []
     if base_dir is not None:
-        data, paths = _resolve_paths(data, base_dir)
+        data, paths = resolve_paths(data, base_dir)
     try:
         result = model.model_validate(data[section] if section else data)
     except ValidationError as err:

@@ -172,8 +172,9 @@ def route_criteria(criteria: Criteria, prompt: list[dict]) -> tuple[str | None, 
     last user turn (ties: the first listed), else the default."""
     import re
 
-    last_user = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
-    words = re.findall(r"\w+", last_user.lower())
+    from pipeline.engines.chat import last_user_turn
+
+    words = re.findall(r"\w+", last_user_turn(prompt).lower())
     best, best_hits = None, 0
     for name, domain in criteria.domains.items():
         keys = {k.lower() for k in domain.keywords}

@@ -292,6 +292,8 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
             scores = [s if np.isfinite(s) else None for s in scores]
             variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
                               "seconds": seconds, "scores": scores}
+        if config.safety_head is not None:  # a pair's prompt routes both its responses
+            variants[config.method]["safety_head_pairs"] = sum(s.route == "safety_head" for s in results[0::2])
     return variants
 
 
@@ -442,16 +444,15 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
-    planned, to_head = len(pairs), None
-    if config.safety_head is not None:
+    planned = len(pairs)
+    if config.safety_head is not None and not every_route:  # the head's pairs make no engine request
         from pipeline.annotate import safety_head
 
         head = safety_head.load(config.safety_head.path, config.safety_head.threshold)
-        to_head = int((head.p_safety([p.prompt for p in pairs]) >= head.threshold).sum())
-        if not every_route:  # the head's pairs make no engine request
-            planned -= to_head
+        planned = int((head.p_safety([p.prompt for p in pairs]) < head.threshold).sum())
     with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
         runs = run_annotator(config, cached, pairs, weights, every_route)
+    to_head = runs.get(config.method, {}).get("safety_head_pairs")
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {}

@@ -22,11 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.engines.chat import last_user_turn
+
 FORMAT = "prefpipe-safety-head/1"
-
-
-def last_user(prompt: list[dict]) -> str:
-    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
 @dataclass(frozen=True)
@@ -42,12 +40,12 @@ class SafetyHead:
         """P(the last user turn reads like a red-team attempt) of each prompt."""
         from pipeline.filters.embed import embed_texts
 
-        unique = sorted({last_user(p) for p in prompts})
+        unique = sorted({last_user_turn(p) for p in prompts})
         if not unique:
             return np.zeros(0)
         z = embed_texts(unique, self.embedder) @ self.router + self.intercept
         p = dict(zip(unique, 1.0 / (1.0 + np.exp(-z))))
-        return np.asarray([p[last_user(q)] for q in prompts], dtype=float)
+        return np.asarray([p[last_user_turn(q)] for q in prompts], dtype=float)
 
     def scores(self, responses: list[str]) -> np.ndarray:
         """The head's reward of each response (higher: more harmless)."""
@@ -70,6 +68,11 @@ def load(path: str, threshold: float | None = None) -> SafetyHead:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: not a readable safety-head JSON file ({err})") from None
+    return parse(data, path, threshold)
+
+
+def parse(data: object, path: str, threshold: float | None = None) -> SafetyHead:
+    """The head in `data` (`fit`'s output or a loaded file; `path` names it in errors)."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path}: format must be {FORMAT!r}")
     head = _vector(data.get("head") or {}, "coefficients", f"{path}: head")
@@ -99,7 +102,7 @@ def fit(pairs: list, ordinary_prompts: list[str], embedder: str, regularization:
     y = np.asarray([p.label == "a" for p in pairs], int)
     head = LogisticRegression(C=regularization, fit_intercept=False, max_iter=5000).fit(
         np.vstack([x, -x]), np.concatenate([y, 1 - y]))
-    positives = [last_user(p.prompt) for p in pairs]
+    positives = [last_user_turn(p.prompt) for p in pairs]
     xr = embed_texts(positives + list(ordinary_prompts), embedder)
     router = LogisticRegression(C=regularization, class_weight="balanced", max_iter=5000).fit(
         xr, np.r_[np.ones(len(positives)), np.zeros(len(ordinary_prompts))])

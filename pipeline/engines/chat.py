@@ -27,6 +27,11 @@ def message_tuples(messages: Sequence[dict]) -> tuple[tuple[str, str], ...]:
     return tuple((m["role"], m["content"]) for m in messages)
 
 
+def last_user_turn(messages: Sequence[dict]) -> str:
+    """The content of the last user message ('' when there is none)."""
+    return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+
+
 def message_dicts(messages: Sequence[tuple[str, str]], system: str | None = None) -> list[dict]:
     out = [{"role": "system", "content": system}] if system else []
     out += [{"role": role, "content": content} for role, content in messages]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from pipeline.engines.tiny import build_tiny_model
-from pipeline.recipe import PATH_FIELDS, fields_at
+from pipeline.recipe import resolve_paths
 from tests.helpers import REPO, cli
 
 RECIPES = REPO / "data/recipes"
@@ -46,9 +46,7 @@ def _tiny_models(recipe: dict, strong: Path, weak: Path) -> dict:
         m.update(engine="transformers", model=str(weak if role == "weak" else strong))
     if "ches" in recipe.get("filters", {}):
         recipe["filters"]["ches"]["model"] = str(strong)
-    for pattern in PATH_FIELDS:  # the gate's gold, the safety head: as shipped (inputs: cut below)
-        for _, obj, key in fields_at(recipe, pattern):
-            obj[key] = str((RECIPES / obj[key]).resolve())
+    recipe, _ = resolve_paths(recipe, RECIPES)  # the gate's gold, the safety head: as shipped (inputs: cut below)
     if gate := recipe.get("annotate", {}).get("gate"):  # measured, as shipped; the threshold is for the
         gate.update(min_accuracy=0.0)  # shipped models
     return recipe
