@@ -79,6 +79,8 @@ def _unknown_key(model: type[BaseModel] | None, loc: tuple) -> str:
     return f"unknown key (known here: {', '.join(keys)})" if keys else "unknown key"
 
 
+FIELD_FIRST = re.compile(r"([a-z_][a-z0-9_]*(?:\.[a-z0-9_]+)*): ")
+
 def format_error(source: str, err: ValidationError, section: str = "",
                  model: type[BaseModel] | None = None) -> str:
     """One line per validation error: `FILE: dotted.field: message` (fields of `section` when
@@ -86,9 +88,14 @@ def format_error(source: str, err: ValidationError, section: str = "",
     it is closest to, or the keys allowed there."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (section, *e["loc"]) if p != "") or "(top level)"
+        parts = [str(p) for p in (section, *e["loc"]) if p != ""]
         msg = _unknown_key(model, e["loc"]) if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"{source}: {loc}: {msg}")
+        if e["type"] == "value_error":  # a cross-field check: its message may start with the field
+            msg = msg.removeprefix("Value error, ")
+            if (named := FIELD_FIRST.match(msg)) is not None:
+                field = named[1].split(".")
+                parts, msg = [*parts, *field[bool(parts) and parts[-1] == field[0]:]], msg[named.end():]
+        lines.append(f"{source}: {'.'.join(parts) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

@@ -103,7 +103,27 @@ class Recipe(Strict):
         if self.generate is not None and self.annotate is None:
             raise ValueError("generate: candidates need scores to become pairs: add an annotate section")
         self._check_engines()
+        self._check_score_scales()
         return self
+
+    def _check_score_scales(self) -> None:
+        """With a safety head, a prompt's scores come from the head or from the density ratio, two
+        scales: a raw-score threshold across prompts would mean different things on each route."""
+        if self.annotate is None or self.annotate.safety_head is None:
+            return
+        margin = self.filters.margin
+        raw = [("pairs.tau", self.pairs.rule == "all_above_margin"),
+               ("pairs.tie_tolerance", self.pairs.tie_tolerance > 0),
+               *((f"filters.margin.{f}", margin is not None and not margin.normalized
+                  and getattr(margin, f) is not None) for f in ("min_margin", "max_margin", "budget"))]
+        for field, used in raw:
+            if used:
+                fix = ("set filters.margin.normalized: true (margins relative to each prompt's score "
+                       "spread)" if field.startswith("filters") else "use rule best_vs_worst or "
+                       "best_vs_random_lower" if field == "pairs.tau" else "leave it at 0")
+                raise ValueError(f"{field}: a raw score threshold does not fit annotate.safety_head, whose "
+                                 f"prompts are scored on the head's scale and the rest on the density "
+                                 f"ratio's; {fix}")
 
     def _check_engines(self) -> None:
         """A stage asking an engine for what it cannot do fails here, before any work."""

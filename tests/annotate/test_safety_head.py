@@ -176,3 +176,35 @@ def test_the_gate_skips_the_models_on_the_heads_pairs_and_reaches_the_same_verdi
     assert gate["verdict"] == full["verdict"]
     assert {"density_ratio[no safety head]", "safety head alone"} <= set(full["variants"])
     assert full["safety_head_pairs"] == gate["safety_head_pairs"] == int(routed.sum())
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"pairs": {"rule": "all_above_margin", "tau": 0.5}}, "pairs.tau"),
+    ({"pairs": {"rule": "best_vs_worst", "tie_tolerance": 0.01}}, "pairs.tie_tolerance"),
+    ({"filters": {"margin": {"min_margin": 0.1}}}, "filters.margin.min_margin"),
+    ({"filters": {"margin": {"max_margin": 3.0}}}, "filters.margin.max_margin"),
+    ({"filters": {"margin": {"budget": 10}}}, "filters.margin.budget"),
+])
+def test_a_raw_score_threshold_with_a_safety_head_fails_naming_the_field(tmp_path, extra, field):
+    """The head's and the ratio's scores are on different scales: a threshold on raw scores across
+    prompts would cut the two routes differently, so the recipe says so before any work."""
+    from pipeline.recipe import RecipeError, load_recipe
+
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    base = {"inputs": [{"path": "in.jsonl"}], "generate": {"include_source_responses": True},
+            "annotate": {"method": "density_ratio", "models": {"strong": {"model": "s"}, "weak": {"model": "w"}},
+                         "safety_head": {"path": str(SHIPPED)}},
+            "pairs": {"rule": "best_vs_worst"}, "output": {"dataset": "routed"}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**base, **extra}))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, check_env=False)
+    assert field in str(err.value) and "safety_head" in str(err.value)
+    if field.startswith("filters"):  # the per-prompt normalised margin is on one scale: accepted
+        extra["filters"]["margin"]["normalized"] = True
+        path.write_text(yaml.safe_dump({**base, **extra}))
+        assert load_recipe(path, check_env=False).filters.margin.normalized
+    base.pop("annotate")["safety_head"]
+    path.write_text(yaml.safe_dump({**base, "annotate": {"method": "density_ratio", "models": {
+        "strong": {"model": "s"}, "weak": {"model": "w"}}}, **extra}))
+    load_recipe(path, check_env=False)  # without a head, one scale: the same threshold is fine
