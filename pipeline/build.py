@@ -27,9 +27,9 @@ def input_manifest(recipe: Recipe) -> list[dict]:
 
 
 def build_key(recipe: Recipe, inputs: list[dict]) -> str:
-    """Same recipe (input paths aside), same input bytes, same bytes of every other file it
-    names and same code -> same key."""
-    data = recipe.resolved()
+    """Same recipe (input and model paths aside), same input bytes, same bytes of every other file
+    and model directory it names and same code -> same key."""
+    data = recipe.keyed()
     config = {k: v for k, v in data.items() if k != "inputs"}
     return content_id("b", config, [(i["format"], i["max_rows"], i["sha256"]) for i in inputs],
                       Recipe.file_hashes(data), code_version())

@@ -48,6 +48,10 @@ PATH_FIELDS: dict[str, str | None] = {
     "annotate.ensemble.gold.*": "file",
     "annotate.safety_head.path": "file",
 }
+# Model fields: a value written as a path ("./m", "../m", "~/m", "/m") names a local model directory,
+# relative to the recipe like every path; anything else is a registry name, hub id or served name.
+MODEL_FIELDS = ("generate.models.*.model", "annotate.models.*.model", "filters.ches.model")
+PATH_LIKE = ("./", "../", "~", "/")
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")
 
@@ -148,6 +152,17 @@ class Recipe(Strict):
         """The recipe as plain data (defaults filled in), as recorded in manifests."""
         return self.model_dump(mode="json")
 
+    def keyed(self) -> dict:
+        """`resolved()` as build and stage keys see it: a local model directory by its identity
+        (name and digest of its files, `engines.identity`), so a model rewritten in place changes the
+        keys and a moved copy keeps them."""
+        from pipeline.engines.identity import model_identity
+
+        data = self.resolved()
+        for _, obj, key in local_models(data):
+            obj[key] = model_identity(obj[key])
+        return data
+
     def hash(self) -> str:
         return content_id("r", self.resolved())
 
@@ -169,7 +184,7 @@ class Recipe(Strict):
     def stage_config(self, *sections: str) -> str:
         """Canonical JSON of some recipe sections and of the files they name: part of a stage's
         cache key."""
-        data = self.resolved()
+        data = self.keyed()
         if data.get("annotate"):  # the gate decides whether a stage runs, never what it writes
             data["annotate"] = {k: v for k, v in data["annotate"].items() if k != "gate"}
             if data["annotate"].get("ensemble"):  # where the gold lies does not matter: the stage
@@ -202,30 +217,40 @@ def fields_at(data: object, pattern: str) -> list[tuple[str, dict | list, str | 
     return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
 
 
+def local_models(data: object, path_like: bool = False) -> list[tuple[str, dict | list, str | int]]:
+    """The model fields (`MODEL_FIELDS`) of raw recipe data that name a local directory (or, with
+    `path_like`, are written as a path), not a served model's name."""
+    return [(loc, obj, key) for pattern in MODEL_FIELDS for loc, obj, key in fields_at(data, pattern)
+            if isinstance(obj[key], str) and obj.get("engine") != "http"
+            and (obj[key].startswith(PATH_LIKE) if path_like else Path(obj[key]).expanduser().is_dir())]
+
+
 def resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Path, str, str | None]]]:
     """A copy of `data` with every path field absolute (relative ones are relative to `base_dir`),
     and (location, path, path as written, what must be there) of each."""
     data, paths = copy.deepcopy(data), []
-    for pattern, must_exist in PATH_FIELDS.items():
-        for loc, obj, key in fields_at(data, pattern):
-            if isinstance(obj[key], str):  # anything else is a type error, reported by validation
-                path = base_dir / obj[key]
-                paths.append((loc, path, obj[key], must_exist))
-                try:
-                    obj[key] = str(path.resolve())
-                except (OSError, RuntimeError, ValueError):  # a loop or NUL: reported as such below
-                    obj[key] = str(path)
+    fields = [(*f, must) for pattern, must in PATH_FIELDS.items() for f in fields_at(data, pattern)]
+    for loc, obj, key, must_exist in fields + [(*f, "dir") for f in local_models(data, path_like=True)]:
+        if isinstance(obj[key], str):  # anything else is a type error, reported by validation
+            path = base_dir / Path(obj[key]).expanduser()
+            paths.append((loc, path, obj[key], must_exist))
+            try:
+                obj[key] = str(path.resolve())
+            except (OSError, RuntimeError, ValueError):  # a loop or NUL: reported as such below
+                obj[key] = str(path)
     return data, paths
 
 
 def _path_problem(path: Path, must_exist: str | None) -> str | None:
-    """Why `path` is not what the field needs ("any" or "file"), or None."""
+    """Why `path` is not what the field needs ("any", "file" or "dir"), or None."""
     if must_exist is None:
         return None
     try:
         problem = path_problem(path)
     except ValueError:  # NUL in the path
         return "invalid path"
+    if problem is None and must_exist == "dir" and not path.is_dir():
+        return "not a model directory"
     return "not a file" if problem is None and must_exist == "file" and not path.is_file() else problem
 
 

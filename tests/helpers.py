@@ -38,7 +38,7 @@ def cli(*args: str, env: dict | None = None, timeout: int = 600, check: bool = T
         **popen) -> subprocess.CompletedProcess:
     """Run the real `prefpipe` CLI in a subprocess."""
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO, **popen)
+                          timeout=timeout, env={**os.environ, **(env or {})}, **{"cwd": REPO, **popen})
     if check and proc.returncode != 0:
         raise AssertionError(f"prefpipe {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

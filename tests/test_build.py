@@ -132,3 +132,56 @@ def test_a_file_the_recipe_names_changed_in_place_is_a_new_build(real_data, tmp_
     assert second["build_key"] != first["build_key"]
     assert second["funnel"][1]["rows_dropped"] >= 1
     assert second["rows"] == first["rows"] - second["funnel"][1]["rows_dropped"]
+
+
+def test_a_local_model_rewritten_in_place_is_a_new_build_and_a_moved_copy_is_not(
+        real_data, tmp_path, tiny_reward_model_dir):
+    """A local model directory is identified by its files, not its path: a reward model retrained
+    in place must not be answered from the old one's build or request cache; the same files moved
+    elsewhere are the same build; names and manifests carry no machine's paths. The model is
+    written as a path relative to the recipe and the CLI runs from another directory."""
+    import shutil
+
+    from pipeline.engines.tiny import build_tiny_model
+    from tests.fixtures.models import _prompt_texts
+
+    model = tmp_path / "models" / "rm"
+    shutil.copytree(tiny_reward_model_dir, model)
+    hh_slice(real_data, tmp_path / "recipes" / "hh.jsonl", 6)
+    recipe = tmp_path / "recipes" / "rm.yaml"
+    recipe.write_text(json.dumps({
+        "inputs": [{"path": "hh.jsonl", "format": "hh_rlhf", "license": "MIT"}],
+        "generate": {"include_source_responses": True},
+        "annotate": {"method": "reward_model", "models": {"reward": {"model": "../models/rm", "engine": "transformers"}}},
+        "pairs": {"rule": "best_vs_worst"}, "output": {"dataset": "rm"}}))
+    root = tmp_path / "root"
+
+    def build() -> str:
+        return cli("build", str(recipe), "--data-root", str(root), cwd=tmp_path / "models").stdout
+
+    def scores(version: int) -> tuple[list, set]:
+        df = pl.read_parquet(root / f"datasets/rm/v{version:04d}/candidates").sort("candidate_id")
+        return df["score"].to_list(), set(df["annotator"])
+
+    build()
+    first, names = scores(1)
+    assert len(names) == 1 and (name := names.pop()).startswith("rm:rm@") and str(tmp_path) not in name
+    manifest = read_manifest(root / "datasets/rm/v0001")
+    assert manifest["models"]["annotator"]["reward"] == name.removeprefix("rm:")
+
+    # retrained in place: other weights at the same path -> a new version with the new model's scores
+    other = build_tiny_model(tmp_path / "retrained", _prompt_texts(real_data), sequence_classification=True, seed=5)
+    shutil.copytree(other, model, dirs_exist_ok=True)
+    assert "unchanged" not in build() and list_versions(root, "rm") == [1, 2]
+    second, names = scores(2)
+    assert second != first and names.pop() != name
+
+    # the same files (and directory name) at another path: the same build
+    shutil.move(model, tmp_path / "elsewhere" / "rm")
+    recipe.write_text(recipe.read_text().replace("../models/rm", "../elsewhere/rm"))
+    assert "unchanged" in build() and list_versions(root, "rm") == [1, 2]
+
+    # a model path that is not a directory fails at load, naming the field
+    recipe.write_text(recipe.read_text().replace("../elsewhere/rm", "./nowhere"))
+    proc = cli("build", str(recipe), "--data-root", str(root), check=False)
+    assert proc.returncode != 0 and "annotate.models.reward.model" in proc.stderr and "Traceback" not in proc.stderr

@@ -58,6 +58,7 @@ def test_engine_down(tmp_path):
     src.write_text("".join(json.dumps({"prompt": f"Name a colour, please ({i})."}) + "\n" for i in range(3)))
     options = {"timeout_s": 1.0, "backoff_s": 0.05, "max_backoff_s": 0.2, "max_attempts": 2, "retry_budget_s": 1.0}
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    (tmp_path / "never-loaded").mkdir()  # a model directory must exist; this one is never loaded
     judge = {"engine": "transformers", "model": str(tmp_path / "never-loaded")}
     recipe = write_recipe(
         tmp_path / "recipe.yaml", [src], "down",

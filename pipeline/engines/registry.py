@@ -39,9 +39,10 @@ def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -
     name = str(name_or_spec)
     if engine == "http":
         return HttpEngine(name, **opts)
+    from pipeline.engines.identity import model_identity
     from pipeline.engines.packaged import resolve
 
-    opts.setdefault("model_id", name)
+    opts.setdefault("model_id", model_identity(name))
     return ENGINES[engine](resolve(name_or_spec), **opts)
 
 

@@ -22,6 +22,13 @@ from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_en
 from pipeline.stats import StageStats
 
 
+def _identity(model: str, engine: str) -> str:
+    """A model as the manifest records it: a local directory by name and digest, not by path."""
+    from pipeline.engines.identity import model_identity
+
+    return model if engine == "http" else model_identity(model)
+
+
 def safety_head_record(config, stats_files: list[Path]) -> dict:
     """The manifest's account of the safety head: its file, what it was fitted on, and how many
     candidates it scored."""
@@ -56,7 +63,7 @@ class GenerateStage(Stage):
                               resources["cache"], stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
-        return {"models": {"generators": [{"name": m.name, "model": m.model or m.name, "engine": m.engine,
+        return {"models": {"generators": [{"name": m.name, "model": _identity(m.model or m.name, m.engine), "engine": m.engine,
                                            "k": m.k} for m in self.recipe.generate.models]}}, {}
 
 
@@ -113,11 +120,12 @@ class AnnotateStage(Stage):
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         config = self.recipe.annotate
         refs = {role: getattr(config.models, role).model for role in config.roles()}
-        models: dict = {"annotator": {"method": config.method, **refs}}
-        if "judge" in refs:
-            models["judge"] = refs["judge"]
-        if "strong" in refs:
-            models["density_ratio"] = {"strong": refs["strong"], "weak": refs["weak"]}
+        ids = {role: _identity(ref, getattr(config.models, role).engine) for role, ref in refs.items()}
+        models: dict = {"annotator": {"method": config.method, **ids}}
+        if "judge" in ids:
+            models["judge"] = ids["judge"]
+        if "strong" in ids:
+            models["density_ratio"] = {"strong": ids["strong"], "weak": ids["weak"]}
         extra: dict = {"models": models}
         stats_files = [p for r in results for p in Path(r.dir).glob("annotate_stats.json")]
         if stats_files:

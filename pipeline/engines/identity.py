@@ -1,0 +1,48 @@
+"""What identifies a model in request-cache keys, stage keys, annotator names and manifests.
+
+A registry name or a hub id is its own identity (a packaged model's bytes are pinned by its package
+version). A local directory is `<directory name>@<digest of its files>`: the same files anywhere
+give one identity, so a moved checkpoint keeps its cache and its names carry no machine's paths,
+and files rewritten in place give another, so a retrained model is never served the old one's
+cached outputs.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import xxhash
+
+CHUNK = 1 << 22
+
+
+def _signature(root: Path) -> tuple:
+    return tuple((str(p.relative_to(root)), st.st_size, st.st_mtime_ns)
+                 for p in sorted(root.rglob("*")) if p.is_file() and (st := p.stat()))
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(root: str, signature: tuple) -> str:
+    h = xxhash.xxh3_128()  # change detection, not security: reads several GB/s
+    for rel, size, _ in signature:
+        h.update(f"{rel}\0{size}\0".encode())
+        with (Path(root) / rel).open("rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def directory_digest(path: str | Path) -> str:
+    """Digest of a directory's file names and bytes (recomputed only when a file's size or mtime
+    changes within this process)."""
+    root = Path(path).expanduser().resolve()
+    return _digest(str(root), _signature(root))
+
+
+def model_identity(name_or_path: str | Path) -> str:
+    """`<dir name>@<digest>` for a local model directory, else the name as written."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return f"{path.resolve().name}@{directory_digest(path)}"
+    return str(name_or_path)
