@@ -153,14 +153,18 @@ class Recipe(Strict):
         return self.model_dump(mode="json")
 
     def keyed(self) -> dict:
-        """`resolved()` as build and stage keys see it: a local model directory by its identity
-        (name and digest of its files, `engines.identity`), so a model rewritten in place changes the
-        keys and a moved copy keeps them."""
+        """`resolved()` as build and stage keys see it: every model by its identity
+        (`engines.identity`: a local directory by name and digest of its files), so a model rewritten
+        in place changes the keys and a moved copy keeps them."""
         from pipeline.engines.identity import model_identity
 
         data = self.resolved()
-        for _, obj, key in local_models(data):
-            obj[key] = model_identity(obj[key])
+        for generator in (data.get("generate") or {}).get("models") or []:
+            generator["model"] = generator.get("model") or generator["name"]  # the default: its name
+        for pattern in MODEL_FIELDS:
+            for _, obj, key in fields_at(data, pattern):
+                if obj.get("engine") != "http":
+                    obj[key] = model_identity(obj[key])
         return data
 
     def hash(self) -> str:
@@ -217,12 +221,10 @@ def fields_at(data: object, pattern: str) -> list[tuple[str, dict | list, str | 
     return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
 
 
-def local_models(data: object, path_like: bool = False) -> list[tuple[str, dict | list, str | int]]:
-    """The model fields (`MODEL_FIELDS`) of raw recipe data that name a local directory (or, with
-    `path_like`, are written as a path), not a served model's name."""
+def path_models(data: object) -> list[tuple[str, dict | list, str | int]]:
+    """The model fields (`MODEL_FIELDS`) of raw recipe data written as a path, not a served name."""
     return [(loc, obj, key) for pattern in MODEL_FIELDS for loc, obj, key in fields_at(data, pattern)
-            if isinstance(obj[key], str) and obj.get("engine") != "http"
-            and (obj[key].startswith(PATH_LIKE) if path_like else Path(obj[key]).expanduser().is_dir())]
+            if isinstance(obj[key], str) and obj.get("engine") != "http" and obj[key].startswith(PATH_LIKE)]
 
 
 def resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Path, str, str | None]]]:
@@ -230,7 +232,7 @@ def resolve_paths(data: dict, base_dir: Path) -> tuple[dict, list[tuple[str, Pat
     and (location, path, path as written, what must be there) of each."""
     data, paths = copy.deepcopy(data), []
     fields = [(*f, must) for pattern, must in PATH_FIELDS.items() for f in fields_at(data, pattern)]
-    for loc, obj, key, must_exist in fields + [(*f, "dir") for f in local_models(data, path_like=True)]:
+    for loc, obj, key, must_exist in fields + [(*f, "dir") for f in path_models(data)]:
         if isinstance(obj[key], str):  # anything else is a type error, reported by validation
             path = base_dir / Path(obj[key]).expanduser()
             paths.append((loc, path, obj[key], must_exist))

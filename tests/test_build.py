@@ -185,3 +185,31 @@ def test_a_local_model_rewritten_in_place_is_a_new_build_and_a_moved_copy_is_not
     recipe.write_text(recipe.read_text().replace("../elsewhere/rm", "./nowhere"))
     proc = cli("build", str(recipe), "--data-root", str(root), check=False)
     assert proc.returncode != 0 and "annotate.models.reward.model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_registry_entry_for_a_local_directory_is_known_by_its_files(tmp_path, monkeypatch):
+    """`source: local` registry names (data/models.yaml, $PREFPIPE_MODELS) key like a directory:
+    rewriting the files behind the name changes the stage keys; a packaged name stays a name."""
+    from pipeline.engines.identity import model_identity
+    from pipeline.recipe import load_recipe
+
+    model = tmp_path / "ckpt"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights, first training run")
+    (tmp_path / "models.yaml").write_text(json.dumps({"models": {"my-rm": {"source": "local", "path": str(model)}}}))
+    monkeypatch.setenv("PREFPIPE_MODELS", str(tmp_path / "models.yaml"))
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "r.yaml").write_text(json.dumps({
+        "inputs": [{"path": "in.jsonl"}], "generate": {"models": [{"name": "my-rm", "engine": "transformers"}]},
+        "annotate": {"method": "reward_model", "models": {"reward": {"model": "my-rm"}}},
+        "pairs": {"rule": "best_vs_worst"}, "output": {"dataset": "x"}}))
+
+    def keys() -> tuple[str, str]:
+        recipe = load_recipe(tmp_path / "r.yaml")
+        return recipe.stage_config("annotate"), recipe.stage_config("generate")
+
+    before, name = keys(), model_identity("my-rm")
+    assert name.startswith("my-rm@") and model_identity("qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
+    (model / "model.safetensors").write_bytes(b"weights, second training run")
+    after = keys()
+    assert model_identity("my-rm") != name and after[0] != before[0] and after[1] != before[1]

@@ -1,7 +1,8 @@
 """What identifies a model in request-cache keys, stage keys, annotator names and manifests.
 
-A registry name or a hub id is its own identity (a packaged model's bytes are pinned by its package
-version). A local directory is `<directory name>@<digest of its files>`: the same files anywhere
+A hub id or a packaged registry name is its own identity (a packaged model's bytes are pinned by its
+package version and sha256). A local directory is `<directory name>@<digest of its files>` (a
+registry entry with `source: local`, `<name>@<digest>`): the same files anywhere
 give one identity, so a moved checkpoint keeps its cache and its names carry no machine's paths,
 and files rewritten in place give another, so a retrained model is never served the old one's
 cached outputs.
@@ -41,8 +42,14 @@ def directory_digest(path: str | Path) -> str:
 
 
 def model_identity(name_or_path: str | Path) -> str:
-    """`<dir name>@<digest>` for a local model directory, else the name as written."""
+    """`<dir name>@<digest>` for a local model directory, `<name>@<digest>` for a registry entry
+    with `source: local`, else the name as written."""
+    from pipeline.engines.packaged import load_registry
+
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return f"{path.resolve().name}@{directory_digest(path)}"
+    spec = load_registry().get(str(name_or_path))
+    if spec is not None and spec.source == "local" and Path(spec.path or "").expanduser().is_dir():
+        return f"{name_or_path}@{directory_digest(spec.path)}"
     return str(name_or_path)
