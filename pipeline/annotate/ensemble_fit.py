@@ -88,7 +88,7 @@ def report_path(config: AnnotateConfig, work_root: Path) -> Path:
     e = config.ensemble
     key = content_id("w", [file_sha256(Path(g)) for g in e.gold],
                      e.model_dump(mode="json", exclude={"gold"}),
-                     {r: getattr(config.models, r).model_dump(mode="json") for r in config.roles()},
+                     {r: config.content_key()["models"][r] for r in config.roles()},
                      config.length_norm, config.criteria.model_dump(mode="json"), config.tie_margin,
                      code_version())
     return Path(work_root) / "ensemble" / f"{key}.json"

@@ -22,7 +22,7 @@ class GateFailed(Exception):
 
 def report_path(config: AnnotateConfig, guard: LengthConfig | None, work_root: Path) -> Path:
     gate = config.gate
-    key = content_id("g", file_sha256(Path(gate.gold)), config.model_dump(mode="json"),
+    key = content_id("g", file_sha256(Path(gate.gold)), config.content_key(),
                      guard.model_dump(mode="json") if guard else None, code_version())
     return Path(work_root) / "gate" / f"{key}.json"
 

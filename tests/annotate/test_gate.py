@@ -67,3 +67,36 @@ def test_a_gate_the_annotator_meets_is_recorded_in_the_manifest_and_the_card(tmp
     assert f"agreed with the human labels on {acc:.3f} [{lo:.3f}, {hi:.3f}] of 20 gold pairs" in built.stdout
     card = (root / "datasets/passes/v0001/README.md").read_text()
     assert "annotator gate asks for 0.0%: passed." in card
+
+
+def test_a_model_or_head_rewritten_in_place_is_measured_again(tmp_path, real_data):
+    """The gate's report and the ensemble's fit are kept by content: a model directory or a safety
+    head file rewritten at the same path must not be answered with the old measurement."""
+    import shutil
+
+    from pipeline.annotate import ensemble_fit, gate
+    from pipeline.annotate.config import AnnotateConfig
+    from tests.helpers import REPO
+
+    for name in ("strong", "weak"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"first weights of " + name.encode())
+    gold = hh_slice(real_data, tmp_path / "gold.jsonl", 4)
+    head = tmp_path / "head.json"
+    shutil.copy(REPO / "data/heads/minilm-hh-harmless.json", head)
+    models = {r: {"model": str(tmp_path / r)} for r in ("strong", "weak")}
+    routed = AnnotateConfig(method="density_ratio", models=models, safety_head={"path": str(head)},
+                            gate={"gold": str(gold), "min_accuracy": 0.5})
+    mixed = AnnotateConfig(method="ensemble", models=models, ensemble={"gold": [str(gold)]})
+
+    def keys():
+        return gate.report_path(routed, None, tmp_path), ensemble_fit.report_path(mixed, tmp_path)
+
+    first = keys()
+    assert keys() == first  # nothing changed: the same measurement
+    head.write_text(head.read_text().replace('"threshold": 0.5', '"threshold": 0.6'))
+    second = keys()
+    assert second[0] != first[0] and second[1] == first[1]  # the ensemble takes no head
+    (tmp_path / "weak" / "model.safetensors").write_bytes(b"retrained weak weights")
+    third = keys()
+    assert third[0] != second[0] and third[1] != second[1]
