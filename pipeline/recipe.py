@@ -50,7 +50,7 @@ PATH_FIELDS: dict[str, str | None] = {
 }
 # Model fields: a value written as a path ("./m", "../m", "~/m", "/m") names a local model directory,
 # relative to the recipe like every path; anything else is a registry name, hub id or served name.
-MODEL_FIELDS = ("generate.models.*.model", "annotate.models.*.model", "filters.ches.model")
+MODEL_FIELDS = ("generate.models.*.model", "annotate.models.*.model", "filters.ches.model", "dedup.semantic.model")
 PATH_LIKE = ("./", "../", "~", "/")
 # Fields naming the environment variable that holds an HTTP engine's API key.
 ENV_FIELDS = ("generate.models.*.api_key_env", "annotate.models.*.options.api_key_env")

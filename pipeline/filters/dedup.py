@@ -207,8 +207,15 @@ def index_meta(config: DedupConfig) -> dict:
         "text_columns": config.text_columns,
         "near": {"enabled": near.enabled, "shingle_size": near.shingle_size, "num_perm": near.num_perm,
                  "sketch": near.sketch, "seed": near.seed, "bands": bands, "rows": rows},
-        "semantic_model": config.semantic.model if config.semantic.enabled else None,
+        "semantic_model": _embedder(config) if config.semantic.enabled else None,
     }
+
+
+def _embedder(config: DedupConfig) -> str:
+    """The embedding model by identity: a local directory rewritten in place is another model."""
+    from pipeline.engines.identity import model_identity
+
+    return model_identity(config.semantic.model)
 
 
 class IndexMismatch(ValueError):
@@ -236,7 +243,7 @@ def load_index(directory: Path, config: DedupConfig) -> tuple[Sketch, np.ndarray
                     id_table.column("published_id").to_pylist())
     emb, emb_ids = None, []
     if config.semantic.enabled and (directory / "embeddings.npy").exists():
-        if meta.get("semantic_model") != config.semantic.model:
+        if meta.get("semantic_model") != want["semantic_model"]:
             raise IndexMismatch(f"{directory}: semantic model {meta.get('semantic_model')!r} differs")
         emb = np.load(directory / "embeddings.npy")
         emb_ids = pq.read_table(directory / "embedding_ids.parquet").column("id").to_pylist()

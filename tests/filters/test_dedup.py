@@ -278,3 +278,19 @@ def test_near_duplicate_recall_at_the_threshold_on_planted_pairs_of_known_jaccar
     assert not drops.keys() & set(range(500, 600))  # the copies below the threshold stay
     sets = [shingles(n) for n in normalize_texts(texts).to_pylist()]
     assert all(any(jaccard(sets[r], sets[o]) >= 0.8 for o in range(len(texts)) if o != r) for r in drops)
+
+
+def test_the_index_knows_a_local_embedder_by_its_files(tmp_path):
+    """A version's dedup index records its embedding model by identity: an embedder directory
+    rewritten in place makes the old embeddings a mismatch, not silently comparable."""
+    from pipeline.filters.dedup import index_meta
+
+    model = tmp_path / "embedder"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"first")
+    config = DedupConfig(semantic={"enabled": True, "model": str(model)})
+    before = index_meta(config)["semantic_model"]
+    assert before.startswith("embedder@") and str(tmp_path) not in before
+    (model / "model.safetensors").write_bytes(b"second, retrained")
+    assert index_meta(config)["semantic_model"] != before
+    assert index_meta(DedupConfig(semantic={"enabled": True}))["semantic_model"] == "packaged:all-MiniLM-L6-v2"
