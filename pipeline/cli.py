@@ -483,11 +483,11 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list():
     """Registered models, where they come from and whether they are converted."""
-    from pipeline.engines.packaged import cache_dir, load_registry
+    from pipeline.engines.packaged import MARKER, converted_dir, load_registry
 
     table = Table("model", "source", "converted", "description")
     for name, spec in sorted(load_registry().items()):
-        converted = spec.source.startswith("gguf") and (cache_dir() / name).is_dir()
+        converted = spec.source.startswith("gguf") and (converted_dir(name, spec) / MARKER).is_file()
         table.add_row(name, spec.source, "yes" if converted else "-", spec.description or "")
     out.print(table)
 

