@@ -47,9 +47,13 @@ def load_engine(name_or_spec: str | Path, engine: EngineKind = "vllm", **opts) -
 
 
 def spec_key(spec: EngineSpec) -> str:
-    """What identifies an engine: same model, kind and options -> one engine."""
+    """What identifies an engine: same model (by identity: a directory rewritten in place is another
+    model, so a resident engine is not reused for it), kind and options -> one engine."""
+    from pipeline.engines.identity import model_identity
+
     model, kind, options = spec
-    return json.dumps([str(model), kind, options], sort_keys=True, default=str)
+    return json.dumps([str(model), model_identity(model) if kind != "http" else None, kind, options],
+                      sort_keys=True, default=str)
 
 
 def open_engines(specs: Mapping[str, EngineSpec]) -> dict[str, Engine]:

