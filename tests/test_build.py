@@ -189,7 +189,7 @@ def test_a_local_model_rewritten_in_place_is_a_new_build_and_a_moved_copy_is_not
 
 def test_a_registry_entry_for_a_local_directory_is_known_by_its_files(tmp_path, monkeypatch):
     """`source: local` registry names (data/models.yaml, $PREFPIPE_MODELS) key like a directory:
-    rewriting the files behind the name changes the stage keys; a packaged name stays a name."""
+    rewriting the files behind the name changes the stage keys; a hub id stays a name."""
     from pipeline.engines.identity import model_identity
     from pipeline.recipe import load_recipe
 
@@ -209,7 +209,7 @@ def test_a_registry_entry_for_a_local_directory_is_known_by_its_files(tmp_path, 
         return recipe.stage_config("annotate"), recipe.stage_config("generate")
 
     before, name = keys(), model_identity("my-rm")
-    assert name.startswith("my-rm@") and model_identity("qwen2.5-coder-0.5b-instruct") == "qwen2.5-coder-0.5b-instruct"
+    assert name.startswith("my-rm@") and model_identity("Qwen/served-elsewhere") == "Qwen/served-elsewhere"
     (model / "model.safetensors").write_bytes(b"weights, second training run")
     after = keys()
     assert model_identity("my-rm") != name and after[0] != before[0] and after[1] != before[1]
