@@ -108,8 +108,14 @@ def test_pairs_carry_scores_provenance_and_ches(full_build, weak_model_dir):
     candidates = pl.read_parquet(version / "candidates/*.parquet")
     assert candidates.height == 12 * 4
     assert set(candidates["origin"]) == {"on_policy", "off_policy"}
-    weak = m["models"]["density_ratio"]["weak"]  # a local model dir, relative to the data root
-    assert not Path(weak).is_absolute() and (version.parents[2] / weak).resolve() == Path(weak_model_dir).resolve()
+    from pipeline.engines.identity import model_identity
+
+    # a local model dir: known by name and files in the models table and the annotator column, and
+    # where it lay only in the recipe, relative (no absolute path in a version)
+    weak = m["models"]["density_ratio"]["weak"]
+    assert weak == model_identity(weak_model_dir) == f"{Path(weak_model_dir).name}@{weak.split('@')[1]}"
+    assert all(weak in a for a in candidates["annotator"].unique())
+    assert not Path(m["recipe"]["annotate"]["models"]["weak"]["model"]).is_absolute()
     assert m["models"]["generators"][0]["engine"] == "vllm"
     assert m["ches"]["fraction"] == 0.2
 
