@@ -116,15 +116,14 @@ class Recipe(Strict):
         if self.annotate is None or self.annotate.safety_head is None:
             return
         margin = self.filters.margin
-        raw = [("pairs.tau", self.pairs.rule == "all_above_margin"),
-               ("pairs.tie_tolerance", self.pairs.tie_tolerance > 0),
-               *((f"filters.margin.{f}", margin is not None and not margin.normalized
-                  and getattr(margin, f) is not None) for f in ("min_margin", "max_margin", "budget"))]
-        for field, used in raw:
+        raw_margin = margin is not None and not margin.normalized
+        normalize = "set filters.margin.normalized: true (margins relative to each prompt's score spread)"
+        raw = [("pairs.tau", self.pairs.rule == "all_above_margin", "use rule best_vs_worst or best_vs_random_lower"),
+               ("pairs.tie_tolerance", self.pairs.tie_tolerance > 0, "leave it at 0"),
+               *((f"filters.margin.{f}", raw_margin and getattr(margin, f) is not None, normalize)
+                 for f in ("min_margin", "max_margin", "budget"))]
+        for field, used, fix in raw:
             if used:
-                fix = ("set filters.margin.normalized: true (margins relative to each prompt's score "
-                       "spread)" if field.startswith("filters") else "use rule best_vs_worst or "
-                       "best_vs_random_lower" if field == "pairs.tau" else "leave it at 0")
                 raise ValueError(f"{field}: a raw score threshold does not fit annotate.safety_head, whose "
                                  f"prompts are scored on the head's scale and the rest on the density "
                                  f"ratio's; {fix}")
@@ -153,19 +152,8 @@ class Recipe(Strict):
         return self.model_dump(mode="json")
 
     def keyed(self) -> dict:
-        """`resolved()` as build and stage keys see it: every model by its identity
-        (`engines.identity`: a local directory by name and digest of its files), so a model rewritten
-        in place changes the keys and a moved copy keeps them."""
-        from pipeline.engines.identity import model_identity
-
-        data = self.resolved()
-        for generator in (data.get("generate") or {}).get("models") or []:
-            generator["model"] = generator.get("model") or generator["name"]  # the default: its name
-        for pattern in MODEL_FIELDS:
-            for _, obj, key in fields_at(data, pattern):
-                if obj.get("engine") != "http":
-                    obj[key] = model_identity(obj[key])
-        return data
+        """`resolved()` as build and stage keys see it (`keyed_models`)."""
+        return keyed_models(self.resolved())
 
     def hash(self) -> str:
         return content_id("r", self.resolved())
@@ -219,6 +207,20 @@ def fields_at(data: object, pattern: str) -> list[tuple[str, dict | list, str | 
         return [(f"{loc}{i}", obj, i) for loc, obj in found if isinstance(obj, list)
                 for i, v in enumerate(obj) if v is not None]
     return [(loc + last, obj, last) for loc, obj in found if isinstance(obj, dict) and obj.get(last) is not None]
+
+
+def keyed_models(data: dict) -> dict:
+    """Recipe data (resolved; changed in place and returned) with every model field by its
+    identity (`engines.identity`: a local directory by name and digest of its files), so a model
+    rewritten in place changes the keys and a moved copy keeps them."""
+    from pipeline.engines.identity import model_identity
+
+    for generator in (data.get("generate") or {}).get("models") or []:
+        generator["model"] = generator.get("model") or generator["name"]  # the default: its name
+    for pattern in MODEL_FIELDS:
+        for _, obj, key in fields_at(data, pattern):
+            obj[key] = model_identity(obj[key], obj.get("engine"))
+    return data
 
 
 def path_models(data: object) -> list[tuple[str, dict | list, str | int]]:

@@ -169,22 +169,12 @@ class AnnotateConfig(Strict):
     def content_key(self) -> dict:
         """The config as cache keys of its measurements (gate report, ensemble fit) see it: each
         model by its identity (a local directory by its files, `engines.identity`) and each file it
-        names (templates, safety head) by its sha256, so a model or file rewritten in place is
-        measured again."""
-        from pathlib import Path
+        names (templates, safety head, gold files: the recipe's PATH_FIELDS) by its sha256, so a
+        model or file rewritten in place is measured again."""
+        from pipeline.recipe import Recipe, keyed_models  # the recipe's key mechanism, for one section
 
-        from pipeline.engines.identity import model_identity
-        from pipeline.ids import file_sha256
-
-        data = self.model_dump(mode="json")
-        for role in self.roles():
-            ref = data["models"][role]
-            if ref["engine"] != "http":
-                ref["model"] = model_identity(ref["model"])
-        named = [*(self.templates.model_dump().values() if self.templates else ()),
-                 self.safety_head.path if self.safety_head else None]
-        data["file_sha256"] = [file_sha256(Path(f)) if f and Path(f).is_file() else None for f in named]
-        return data
+        data = keyed_models({"annotate": self.model_dump(mode="json")})
+        return {**data["annotate"], "files": Recipe.file_hashes(data)}
 
 
 def route_criteria(criteria: Criteria, prompt: list[dict]) -> tuple[str | None, str | None]:

@@ -85,10 +85,10 @@ def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: lis
 
 
 def report_path(config: AnnotateConfig, work_root: Path) -> Path:
-    e = config.ensemble
+    e, models = config.ensemble, config.content_key()["models"]
     key = content_id("w", [file_sha256(Path(g)) for g in e.gold],
                      e.model_dump(mode="json", exclude={"gold"}),
-                     {r: config.content_key()["models"][r] for r in config.roles()},
+                     {r: models[r] for r in config.roles()},
                      config.length_norm, config.criteria.model_dump(mode="json"), config.tie_margin,
                      code_version())
     return Path(work_root) / "ensemble" / f"{key}.json"

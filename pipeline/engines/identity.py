@@ -42,12 +42,14 @@ def directory_digest(path: str | Path) -> str:
     return _digest(str(root), _signature(root))
 
 
-def model_identity(name_or_path: str | Path) -> str:
+def model_identity(name_or_path: str | Path, engine: str | None = None) -> str:
     """`<dir name>@<digest>` for a local model directory, `<name>@<digest>` for a registry entry
     with `source: local` (of its directory) or a packaged one (of its spec: `spec_digest`), else
-    the name as written (a hub id, a served model)."""
+    the name as written (a hub id; with `engine` "http", always: a served model's name is no path)."""
     from pipeline.engines.packaged import load_registry, spec_digest
 
+    if engine == "http":
+        return str(name_or_path)
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return f"{path.resolve().name}@{directory_digest(path)}"

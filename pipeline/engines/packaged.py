@@ -169,14 +169,18 @@ def converted_dir(name: str, spec: ModelSpec, root: Path | None = None) -> Path:
     return (root or cache_dir()) / f"{name}@{spec_digest(spec)}"
 
 
+# What a conversion's marker records of its spec (and `_same_conversion` compares).
+CONVERTED_FROM = ("source", "packages", "version", "sha256", "dtype", "add_bos_token")
+
+
 def _same_conversion(path: Path, spec: ModelSpec) -> bool:
     """Whether `path` holds a finished conversion of exactly `spec` (by its marker)."""
     try:
         marker = json.loads((path / MARKER).read_text())
     except (OSError, ValueError):
         return False
-    return (all(marker.get(k) == getattr(spec, k) for k in ("source", "packages", "version", "sha256", "dtype"))
-            and marker.get("add_bos_token", spec.add_bos_token) == spec.add_bos_token)  # older markers lack it
+    older = {"add_bos_token": spec.add_bos_token}  # markers before revisions lack it
+    return all({**older, **marker}.get(k) == getattr(spec, k) for k in CONVERTED_FROM)
 
 
 def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None = None) -> Path:
@@ -207,8 +211,7 @@ def ensure_model(name: str, spec: ModelSpec | None = None, *, root: Path | None 
             out = tmp / "model"
             convert_gguf(gguf, out, dtype=spec.dtype, add_bos_token=spec.add_bos_token)
             (out / MARKER).write_text(json.dumps({
-                "name": name, "source": spec.source, "packages": spec.packages, "version": spec.version,
-                "sha256": spec.sha256, "dtype": spec.dtype, "add_bos_token": spec.add_bos_token,
+                "name": name, **{k: getattr(spec, k) for k in CONVERTED_FROM},
                 "conversion_s": round(time.perf_counter() - started, 1)}, indent=2) + "\n")
             if final.exists():  # a stale, unfinished directory (no marker): replace it
                 shutil.rmtree(final)

@@ -52,8 +52,7 @@ def spec_key(spec: EngineSpec) -> str:
     from pipeline.engines.identity import model_identity
 
     model, kind, options = spec
-    return json.dumps([str(model), model_identity(model) if kind != "http" else None, kind, options],
-                      sort_keys=True, default=str)
+    return json.dumps([str(model), model_identity(model, kind), kind, options], sort_keys=True, default=str)
 
 
 def open_engines(specs: Mapping[str, EngineSpec]) -> dict[str, Engine]:

@@ -35,6 +35,7 @@ from pipeline.filters.embed import DEFAULT_MODEL, embed_texts, flat_ip_index
 from pipeline.filters.normalize import NormalizeConfig, ngram_hashes, normalize_texts, table_texts, tokenize
 from pipeline.filters.parallel import map_batches, workers_field
 from pipeline.config import Strict
+from pipeline.engines.identity import model_identity
 from pipeline.shards import DroppedWriter
 from pipeline.stats import StageStats
 
@@ -207,15 +208,9 @@ def index_meta(config: DedupConfig) -> dict:
         "text_columns": config.text_columns,
         "near": {"enabled": near.enabled, "shingle_size": near.shingle_size, "num_perm": near.num_perm,
                  "sketch": near.sketch, "seed": near.seed, "bands": bands, "rows": rows},
-        "semantic_model": _embedder(config) if config.semantic.enabled else None,
+        # by identity: an embedder directory rewritten in place is another model
+        "semantic_model": model_identity(config.semantic.model) if config.semantic.enabled else None,
     }
-
-
-def _embedder(config: DedupConfig) -> str:
-    """The embedding model by identity: a local directory rewritten in place is another model."""
-    from pipeline.engines.identity import model_identity
-
-    return model_identity(config.semantic.model)
 
 
 class IndexMismatch(ValueError):

@@ -14,19 +14,13 @@ from pipeline.annotate import ensemble_fit, gate
 from pipeline.annotate.reliability import self_preference
 from pipeline.annotate.stage import annotate_shard, judge_reliability
 from pipeline.cache import RequestCache
+from pipeline.engines.identity import model_identity
 from pipeline.filters.length import LengthConfig
 from pipeline.generate import generate_shard
 from pipeline.ids import canonical_json
 from pipeline.lineage import CANDIDATES, CONVERSATIONS
 from pipeline.stages.base import BuildContext, Stage, StageResult, Unit, lazy_engines
 from pipeline.stats import StageStats
-
-
-def _identity(model: str, engine: str) -> str:
-    """A model as the manifest records it: a local directory by name and digest, not by path."""
-    from pipeline.engines.identity import model_identity
-
-    return model if engine == "http" else model_identity(model)
 
 
 def safety_head_record(config, stats_files: list[Path]) -> dict:
@@ -63,8 +57,9 @@ class GenerateStage(Stage):
                               resources["cache"], stage=self.name)
 
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
-        return {"models": {"generators": [{"name": m.name, "model": _identity(m.model or m.name, m.engine), "engine": m.engine,
-                                           "k": m.k} for m in self.recipe.generate.models]}}, {}
+        return {"models": {"generators": [
+            {"name": m.name, "model": model_identity(m.model or m.name, m.engine), "engine": m.engine, "k": m.k}
+            for m in self.recipe.generate.models]}}, {}
 
 
 class AnnotateStage(Stage):
@@ -120,7 +115,7 @@ class AnnotateStage(Stage):
     def manifest(self, results: list[StageResult]) -> tuple[dict, dict[str, Path]]:
         config = self.recipe.annotate
         refs = {role: getattr(config.models, role).model for role in config.roles()}
-        ids = {role: _identity(ref, getattr(config.models, role).engine) for role, ref in refs.items()}
+        ids = {role: model_identity(ref, getattr(config.models, role).engine) for role, ref in refs.items()}
         models: dict = {"annotator": {"method": config.method, **ids}}
         if "judge" in ids:
             models["judge"] = ids["judge"]
