@@ -213,3 +213,41 @@ def test_a_registry_entry_for_a_local_directory_is_known_by_its_files(tmp_path, 
     (model / "model.safetensors").write_bytes(b"weights, second training run")
     after = keys()
     assert model_identity("my-rm") != name and after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_hub_id_is_known_by_the_cached_snapshot_it_loads(tmp_path, monkeypatch):
+    """A hub id in the local Hugging Face cache keys by the commit `main` points to (what the loaders
+    read offline): the cache updated to a new upload changes the stage keys, the same snapshot keeps
+    them; an id that is not cached stays its name."""
+    import huggingface_hub.constants
+
+    from pipeline.engines.identity import model_identity
+    from pipeline.recipe import load_recipe
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub))
+    repo = hub / "models--acme--rm"
+
+    def upload(commit: str) -> None:
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    (tmp_path / "r.yaml").write_text(json.dumps({
+        "inputs": [{"path": "in.jsonl"}], "generate": {"models": [{"name": "acme/policy", "engine": "transformers"}]},
+        "annotate": {"method": "reward_model", "models": {"reward": {"model": "acme/rm"}}},
+        "pairs": {"rule": "best_vs_worst"}, "output": {"dataset": "x"}}))
+
+    def key() -> str:
+        return load_recipe(tmp_path / "r.yaml").stage_config("annotate")
+
+    assert model_identity("acme/rm") == "acme/rm"
+    uncached = key()
+    upload("a" * 40)
+    assert model_identity("acme/rm") == "acme/rm@" + "a" * 12 and model_identity("acme/policy") == "acme/policy"
+    first = key()
+    assert first != uncached and key() == first
+    upload("b" * 40)
+    assert model_identity("acme/rm") == "acme/rm@" + "b" * 12 and key() != first

@@ -1,6 +1,8 @@
 """What identifies a model in request-cache keys, stage keys, annotator names and manifests.
 
-A hub id is its own identity. A packaged registry name is `<name>@<revision>`, the revision a digest
+A hub id is `<id>@<commit>` when its snapshot is in the local Hugging Face cache (the commit `main`
+points to there, which is what the loaders read offline), so a cache updated to a new upload is a
+new model; not cached, the id as written. A packaged registry name is `<name>@<revision>`, the revision a digest
 of its registry entry (packages, version, GGUF sha256, dtype), so an upgrade that changes a name's
 model is a new model everywhere. A local directory is `<directory name>@<digest of its files>` (a
 registry entry with `source: local`, `<name>@<digest>`): the same files anywhere
@@ -42,10 +44,23 @@ def directory_digest(path: str | Path) -> str:
     return _digest(str(root), _signature(root))
 
 
+def hub_revision(repo_id: str) -> str | None:
+    """The commit (12 hex digits) of the snapshot `main` points to in the local Hugging Face cache,
+    or None (not cached, or not a hub id)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # HFValidationError: not a repo id
+        return None
+    return Path(found).parent.name[:12] if isinstance(found, str) else None
+
+
 def model_identity(name_or_path: str | Path, engine: str | None = None) -> str:
     """`<dir name>@<digest>` for a local model directory, `<name>@<digest>` for a registry entry
-    with `source: local` (of its directory) or a packaged one (of its spec: `spec_digest`), else
-    the name as written (a hub id; with `engine` "http", always: a served model's name is no path)."""
+    with `source: local` (of its directory) or a packaged one (of its spec: `spec_digest`),
+    `<hub id>@<commit>` for a hub id in the local cache, else the name as written (with `engine`
+    "http", always: a served model's name is no path)."""
     from pipeline.engines.packaged import load_registry, spec_digest
 
     if engine == "http":
@@ -58,4 +73,5 @@ def model_identity(name_or_path: str | Path, engine: str | None = None) -> str:
         return f"{name_or_path}@{directory_digest(spec.path)}"
     if spec is not None and spec.source.startswith("gguf"):
         return f"{name_or_path}@{spec_digest(spec)}"
-    return str(name_or_path)
+    revision = hub_revision(str(name_or_path)) if spec is None else None
+    return f"{name_or_path}@{revision}" if revision else str(name_or_path)
