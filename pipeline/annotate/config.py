@@ -135,8 +135,8 @@ class AnnotateConfig(Strict):
     criteria: Criteria = Criteria()
     ensemble: EnsembleConfig | None = Field(None, description="method ensemble: features and the gold "
                                                                "pairs their weights are fitted on")
-    safety_head: SafetyHeadConfig | None = Field(None, description="method density_ratio: a harmlessness "
-                                                                   "head scores red-team prompts instead")
+    safety_head: SafetyHeadConfig | None = Field(None, description="methods density_ratio and judge_pointwise: "
+                                                                   "a harmlessness head scores red-team prompts instead")
     # every method
     tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
     batch_size: int = Field(32, ge=1, description="Requests per engine call")
@@ -157,8 +157,8 @@ class AnnotateConfig(Strict):
             raise ValueError("ensemble.features: a feature is listed twice")
         if self.ensemble is not None and self.ensemble.length_controlled and "log_chars" not in self.ensemble.features:
             raise ValueError("ensemble.length_controlled needs log_chars among ensemble.features")
-        if self.safety_head is not None and self.method != "density_ratio":
-            raise ValueError("safety_head: only method density_ratio takes one")
+        if self.safety_head is not None and self.method not in ("density_ratio", "judge_pointwise"):
+            raise ValueError("safety_head: only methods density_ratio and judge_pointwise take one")
         if len(set(self.aspects)) != len(self.aspects):
             raise ValueError("aspects: an aspect is listed twice")
         return self

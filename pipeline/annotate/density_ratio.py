@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pipeline.annotate import safety_head
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.engines.base import SCORE, Engine, ScoreRequest, TokenScores, require
 from pipeline.engines.chat import message_tuples
@@ -75,14 +76,8 @@ class DensityRatio:
         each). Responses the safety head scores skip the two models unless `every_route`."""
         c = self.config
         n = len(responses)
-        heads, p_safety, to_head = [None] * n, [None] * n, [False] * n
-        if c.safety_head is not None:
-            from pipeline.annotate import safety_head
-
-            head = safety_head.load(c.safety_head.path, c.safety_head.threshold)
-            heads = [float(h) for h in head.scores(responses)]
-            p_safety = [float(p) for p in head.p_safety(prompts)]
-            to_head = [p >= head.threshold for p in p_safety]
+        routes = safety_head.route(c, prompts, responses)
+        heads, p_safety, to_head = routes.heads, routes.p_safety, routes.to_head
         lm = [i for i in range(n) if every_route or not to_head[i]]
         if on_batch is not None and len(lm) < n:
             on_batch(n - len(lm))

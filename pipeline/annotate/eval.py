@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.annotate import ensemble
+from pipeline.annotate import ensemble, safety_head
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.annotate.density_ratio import DensityRatio, density_ratio
 from pipeline.annotate.gold import GoldPair
@@ -249,18 +249,31 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
                 "seconds": t_ab + (t_ba if both is not None else 0.0),
                 "p_a_wins": [c.p_a_wins for c in source]}
     elif config.method == "judge_pointwise":
+        prompts = [p.prompt for p in pairs for _ in (0, 1)]
+        responses = [r for p in pairs for r in (p.response_a, p.response_b)]
+        routes = safety_head.route(config, prompts, responses)
+        judged = [i for i in range(len(responses)) if every_route or not routes.to_head[i]]
         judge = PointwiseJudge(engines["judge"], config)
         t0 = time.perf_counter()
-        ratings = judge.rate([RateItem(p.prompt, r, criteria=route_criteria(config.criteria, p.prompt)[1])
-                              for p in pairs for r in (p.response_a, p.response_b)])
+        rated = dict(zip(judged, judge.rate([RateItem(prompts[i], responses[i],
+                                                      criteria=route_criteria(config.criteria, prompts[i])[1])
+                                             for i in judged])))
         seconds = time.perf_counter() - t0
-        ra, rb = ratings[0::2], ratings[1::2]
-        variants["pointwise_argmax"] = {"verdicts": _score_verdicts(
-            [r.score_argmax for r in ra], [r.score_argmax for r in rb], config.tie_margin), "seconds": seconds}
-        if any(r.score_expectation is not None for r in ratings):
-            variants["pointwise_expectation"] = {"verdicts": _score_verdicts(
-                [r.score_expectation for r in ra], [r.score_expectation for r in rb], config.tie_margin),
-                "seconds": seconds}
+        for name, attr in (("pointwise_argmax", "score_argmax"), ("pointwise_expectation", "score_expectation")):
+            judge_scores = [getattr(rated[i], attr) if i in rated else None for i in range(len(responses))]
+            if name == "pointwise_expectation" and all(x is None for x in judge_scores):
+                continue
+            scores = [h if to else j for h, to, j in zip(routes.heads, routes.to_head, judge_scores)]
+            variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
+                              "seconds": seconds, "scores": scores}
+            if config.safety_head is not None:
+                variants[name]["safety_head_pairs"] = sum(routes.to_head[0::2])
+                if every_route:  # each routed scorer alone, on every pair
+                    variants[f"{name}[no safety head]"] = {"verdicts": _score_verdicts(
+                        judge_scores[0::2], judge_scores[1::2], config.tie_margin), "seconds": seconds}
+        if config.safety_head is not None and every_route:
+            variants["safety head alone"] = {"verdicts": _score_verdicts(
+                routes.heads[0::2], routes.heads[1::2], config.tie_margin), "seconds": 0.0}
     else:
         t0 = time.perf_counter()
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
@@ -446,13 +459,11 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
 
     planned = len(pairs)
     if config.safety_head is not None and not every_route:  # the head's pairs make no engine request
-        from pipeline.annotate import safety_head
-
         head = safety_head.load(config.safety_head.path, config.safety_head.threshold)
         planned = int((head.p_safety([p.prompt for p in pairs]) < head.threshold).sum())
     with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
         runs = run_annotator(config, cached, pairs, weights, every_route)
-    to_head = runs.get(config.method, {}).get("safety_head_pairs")
+    to_head = next((r["safety_head_pairs"] for r in runs.values() if "safety_head_pairs" in r), None)
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {}

@@ -1,8 +1,10 @@
-"""Strict parsing of judge outputs: exactly one `[[...]]` marker holding a valid rating or verdict.
+"""Strict parsing of judge outputs: exactly one `[[...]]` marker holding a valid rating or verdict,
+or, with no marker at all, a last line that is only `Rating: N` / `Verdict: X` (the asked-for line
+without its brackets, which small instruction models write more often than not).
 
-Anything else (no marker, two markers, a number out of range, a fraction, a word) is a
-`ParseError` with a machine-readable reason; the caller retries and finally records the failure
-with the raw text. There is no lenient fallback and no default score.
+Anything else (no marker, two markers, a number out of range, a fraction, a word, a rating inside a
+sentence) is a `ParseError` with a machine-readable reason; the caller retries and finally records
+the failure with the raw text. There is no guessing and no default score.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 MARKER = re.compile(r"\[\[([^\[\]\n]{0,20})\]\]")
+LAST_LINE = re.compile(r"(?im)^[ \t]*(?:rating|verdict)[ \t]*:[ \t]*([^\s\[\]]{1,20})[ \t]*\Z")
 VERDICTS = {"A": "A", "B": "B", "C": "C"}  # C: tie
 
 
@@ -30,8 +33,13 @@ class Parsed:
 
 def _one_marker(text: str) -> re.Match:
     markers = list(MARKER.finditer(text))
+    bare = LAST_LINE.search(text.rstrip())
     if not markers:
+        if bare is not None:
+            return bare
         raise ParseError("no_marker", "no [[...]] marker in the judge output")
+    if bare is not None:  # a marker and a bare rating line: two answers
+        markers.append(bare)
     if len(markers) > 1:
         raise ParseError("multiple_markers", ", ".join(m.group(0) for m in markers[:5]))
     return markers[0]
@@ -47,7 +55,7 @@ def parse_rating(text: str, rating_min: int, rating_max: int) -> Parsed:
     match = _one_marker(text)
     content = match.group(1).strip()
     if not re.fullmatch(r"[+-]?\d+", content):
-        raise ParseError("not_an_integer", f"[[{content}]]")
+        raise ParseError("not_an_integer", f"{content!r}")
     value = int(content)
     if not rating_min <= value <= rating_max:
         raise ParseError("out_of_range", f"{value} not in {rating_min}..{rating_max}")

@@ -6,7 +6,8 @@ linear Bradley-Terry reward on frozen sentence embeddings of the response, fitte
 harmlessness pairs (no intercept, both orders of every pair, so it cannot learn a position). A
 logistic-regression router on the embedding of the last user turn, fitted on the same pairs' prompts
 (positives) against ordinary user prompts (negatives), sends a prompt to the head when P(red-team)
-is at least the threshold; every other prompt keeps the density ratio. The route is per prompt, so
+is at least the threshold; every other prompt keeps the method's scorer (the density ratio or the
+pointwise judge). The route is per prompt, so
 all candidates of a conversation are scored by the same scorer and pairs compare like with like.
 
 The head is a file (`data/heads/*.json`): weights, the embedder, and what it was fitted on (files,
@@ -52,6 +53,27 @@ class SafetyHead:
         from pipeline.filters.embed import embed_texts
 
         return embed_texts(list(responses), self.embedder) @ self.head if responses else np.zeros(0)
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Per response: the head's reward (None without a head), the router's P(red-team prompt) and
+    whether the head scores it."""
+
+    heads: list
+    p_safety: list
+    to_head: list
+
+
+def route(config, prompts: list[list[dict]], responses: list[str]) -> Routes:
+    """Where each response of an `annotate` config (`AnnotateConfig`) is scored: by the safety
+    head on prompts its router reads as red-team attempts, by the method's models elsewhere."""
+    n = len(responses)
+    if config.safety_head is None:
+        return Routes([None] * n, [None] * n, [False] * n)
+    head = load(config.safety_head.path, config.safety_head.threshold)
+    p = [float(x) for x in head.p_safety(prompts)]
+    return Routes([float(h) for h in head.scores(responses)], p, [x >= head.threshold for x in p])
 
 
 def _vector(data: dict, key: str, where: str, dim: int | None = None) -> np.ndarray:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from itertools import combinations
 from pathlib import Path
 
-from pipeline.annotate import ensemble
+from pipeline.annotate import ensemble, safety_head
 from pipeline.annotate.config import AnnotateConfig, route_criteria
 from pipeline.annotate.density_ratio import DensityRatio
 from pipeline.annotate.judge import PairItem, PairwiseJudge, PointwiseJudge, RateItem
@@ -30,13 +30,13 @@ STATS_JSON = "annotate_stats.json"
 
 
 def annotator_name(config: AnnotateConfig, engines: Mapping[str, Engine]) -> str:
+    head = "+safety_head" if config.safety_head is not None else ""
     if config.method in ("density_ratio", "ensemble"):
         kind = "cdr" if config.method == "density_ratio" else "ensemble"
-        head = "+safety_head" if config.safety_head is not None else ""
         return f"{kind}:{engines['strong'].model_id}/{engines['weak'].model_id}{head}"
     if config.method == "reward_model":
         return f"rm:{engines['reward'].model_id}"
-    return f"{config.method}:{engines['judge'].model_id}"
+    return f"{config.method}:{engines['judge'].model_id}{head}"
 
 
 def _discrete(comp) -> str:
@@ -63,13 +63,22 @@ class _Result:
 def _judge_pointwise(config, engines, convs, refs) -> list[tuple[dict, _Result]]:
     judge = PointwiseJudge(engines["judge"], config)
     cands = [c for group in convs.values() for c in group]
+    routes = safety_head.route(config, [c["prompt"] for c in cands], [c["response"] for c in cands])
+    judged = [c for c, to_head in zip(cands, routes.to_head) if not to_head]
     items = [RateItem(c["prompt"], c["response"], refs.get((c["conversation_id"], c["candidate_id"])),
-                      route_criteria(config.criteria, c["prompt"])[1]) for c in cands]
+                      route_criteria(config.criteria, c["prompt"])[1]) for c in judged]
+    rated = {id(c): r for c, r in zip(judged, judge.rate(items))}
     out = []
-    for cand, r in zip(cands, judge.rate(items)):
+    for cand, head, p_safety, to_head in zip(cands, routes.heads, routes.p_safety, routes.to_head):
+        routing = ({"route": "safety_head" if to_head else "judge", "safety_head": head, "p_safety": p_safety}
+                   if config.safety_head is not None else {})
+        if to_head:
+            out.append((cand, _Result("ok", head, details=routing)))
+            continue
+        r = rated[id(cand)]
         out.append((cand, _Result(r.status, r.score, r.score_argmax, r.score_expectation,
                                   json.dumps(r.aspects) if r.aspects else None, r.rationale, r.raw,
-                                  r.error, {"seeds": r.seeds})))
+                                  r.error, {"seeds": r.seeds, **routing})))
     return out
 
 

@@ -14,7 +14,12 @@ from pipeline.annotate.templates import fence, load_template, neutralise
 # Adversarial judge outputs: each must fail with the given reason on a 1..5 scale.
 BAD_RATINGS = [
     ("The response is helpful and accurate.", "no_marker"),
-    ("Rating: 4", "no_marker"),  # the format asks for [[N]]; a bare number is not accepted
+    ("I would give it Rating: 4 since it is fine", "no_marker"),  # a bare rating only as the last line
+    ("Rating: 4\nIt is fine.", "no_marker"),
+    ("Rating: [[3]]\nRating: 5", "multiple_markers"),
+    ("Rating: 4.5", "not_an_integer"),
+    ("Rating: 4.", "not_an_integer"),
+    ("Rating: 7", "out_of_range"),
     ("Rating: [[3]] ... on reflection, Rating: [[5]]", "multiple_markers"),
     ("Rating: [[4]]\nRating: [[4]]", "multiple_markers"),
     ("Rating: [[7]]", "out_of_range"),
@@ -42,6 +47,18 @@ def test_a_well_formed_rating_parses_with_its_rationale_and_offset():
     assert parsed.value == "4"
     assert text[parsed.start] == "4"
     assert parsed.rationale == "The answer is correct but terse."
+
+
+def test_the_asked_for_line_without_its_brackets_parses_as_the_last_line():
+    """Small instruction models (the packaged Qwen2.5-Coder-1.5B-Instruct: most of its outputs) write
+    `Rating: 9` for the asked-for `Rating: [[9]]`: the same answer, read at the digit's offset."""
+    for text in ("Rating: 4", "  rating:4  \n", "Clear and correct.\nRating: 4"):
+        parsed = parse_rating(text, 1, 5)
+        assert parsed.value == "4" and text[parsed.start] == "4"
+    assert parse_rating("Clear and correct.\nRating: 4", 1, 5).rationale == "Clear and correct."
+    assert parse_verdict("B covers both cases.\nVerdict: B").value == "B"
+    with pytest.raises(ParseError):
+        parse_verdict("Verdict: D")
 
 
 @pytest.mark.parametrize("text,reason", [

@@ -146,8 +146,8 @@ def test_a_malformed_head_file_fails_the_build_before_any_work_naming_the_field(
     assert not (tmp_path / "root/work").exists() or not any((tmp_path / "root/work").rglob("part-*.parquet"))
 
 
-def test_only_the_density_ratio_takes_a_safety_head():
-    with pytest.raises(ValueError, match="safety_head: only method density_ratio"):
+def test_only_the_density_ratio_and_the_pointwise_judge_take_a_safety_head():
+    with pytest.raises(ValueError, match="safety_head: only methods density_ratio and judge_pointwise"):
         AnnotateConfig(method="reward_model", models={"reward": {"model": "r"}},
                        safety_head={"path": str(SHIPPED)})
     assert safety_head.load(str(SHIPPED), 0.9).threshold == 0.9 and safety_head.load(str(SHIPPED)).threshold == 0.5
@@ -208,3 +208,65 @@ def test_a_raw_score_threshold_with_a_safety_head_fails_naming_the_field(tmp_pat
     path.write_text(yaml.safe_dump({**base, "annotate": {"method": "density_ratio", "models": {
         "strong": {"model": "s"}, "weak": {"model": "w"}}}, **extra}))
     load_recipe(path, check_env=False)  # without a head, one scale: the same threshold is fine
+
+
+def _pointwise(recipe: Path, judge: Path) -> Path:
+    data = yaml.safe_load(recipe.read_text())
+    data["annotate"] = {**{k: v for k, v in data["annotate"].items() if k not in ("models", "length_norm")},
+                        "method": "judge_pointwise", "rationale": False, "max_tokens": 1,
+                        "models": {"judge": {"engine": "transformers", "model": str(judge)}}}
+    recipe.write_text(yaml.safe_dump(data))
+    return recipe
+
+
+def test_a_pointwise_judge_build_routes_red_team_prompts_to_the_head(
+        tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, rates_four_judge_dir, head):
+    """The same route with the pointwise judge as the helpfulness scorer: the head's candidates are
+    never put to the judge, the judge's carry their rating, each conversation has one scorer."""
+    recipe = _pointwise(_recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, str(SHIPPED)),
+                        rates_four_judge_dir)
+    root = tmp_path / "root"
+    cli("build", str(recipe), "--data-root", str(root))
+    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
+    assert set(rows["status"]) == {"ok"} and all(
+        a.startswith("judge_pointwise:") and a.endswith("+safety_head") for a in rows["annotator"])
+    routes: dict[str, set[str]] = {}
+    for row in rows.iter_rows(named=True):
+        d = json.loads(row["details"])
+        routes.setdefault(row["conversation_id"], set()).add(d["route"])
+        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+        if d["route"] == "safety_head":
+            assert row["score"] == pytest.approx(d["safety_head"]) and row["raw"] is None
+        else:  # the rigged judge answers [[4]] (then 5, then 2 in probability)
+            assert row["raw"] == "[[4]]" and row["score_argmax"] == 4.0 and 2 < row["score"] < 5
+    assert all(len(r) == 1 for r in routes.values()) and {"judge", "safety_head"} <= set().union(*routes.values())
+    record = read_manifest(root / "datasets/routed/v0001")["models"]["safety_head"]
+    assert record["candidates_scored"] == sum(json.loads(d)["route"] == "safety_head" for d in rows["details"])
+
+
+def test_the_pointwise_gate_skips_the_judge_on_the_heads_pairs(real_data, rates_four_judge_dir):
+    from pipeline.annotate.eval import evaluate_annotator
+    from pipeline.engines.hf_engine import TransformersEngine
+
+    engines = {"judge": TransformersEngine(rates_four_judge_dir, model_id="j", dtype="float32")}
+    config = AnnotateConfig(method="judge_pointwise", rationale=False, max_tokens=1, batch_size=16,
+                            models={"judge": {"model": "j"}}, safety_head={"path": str(SHIPPED)})
+    hh, _ = load_gold(HH_SAMPLE, limit=6, seed=0)
+    autoj, _ = load_gold(real_data / "preference/autoj_testdata_pairwise.jsonl.gz", limit=6, seed=0)
+    pairs = hh + autoj
+    full = evaluate_annotator(config, engines, pairs, resamples=50)
+    gate = evaluate_annotator(config, engines, pairs, resamples=50, every_route=False)
+    loaded = safety_head.load(str(SHIPPED))
+    routed = loaded.p_safety([p.prompt for p in pairs]) >= 0.5
+    assert 0 < routed.sum() < len(pairs)
+    assert full["requests"]["engine"] == 2 * len(pairs) and gate["requests"]["engine"] == 2 * int((~routed).sum())
+    assert full["safety_head_pairs"] == gate["safety_head_pairs"] == int(routed.sum())
+    assert full["configured_variant"] == gate["configured_variant"] == "pointwise_expectation"
+    heads = loaded.scores([r for p in pairs for r in (p.response_a, p.response_b)])
+    expected = [v if to else "tie" for v, to in zip(verdicts(heads[0::2] - heads[1::2]), routed)]
+    decisive = [(p.label, v) for p, v in zip(pairs, expected) if p.label != "tie"]
+    by_hand = sum(g == v for g, v in decisive) / len(decisive)  # a predicted tie counts as wrong
+    for report in (full, gate):  # the head's verdict on its pairs; the constant judge ties elsewhere
+        assert report["variants"]["pointwise_expectation"]["accuracy_excluding_ties"] == pytest.approx(by_hand)
+    assert {"pointwise_expectation[no safety head]", "safety head alone"} <= set(full["variants"])
+    assert full["variants"]["pointwise_expectation[no safety head]"]["accuracy_excluding_ties"] == 0.0
