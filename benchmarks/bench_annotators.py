@@ -6,6 +6,7 @@
     python benchmarks/bench_annotators.py pooled --pairs 60   # ensembles on every gold set, pooled
     python benchmarks/bench_annotators.py harmless-head --pairs 100   # MiniLM reward head, hh-rlhf-fitted
     python benchmarks/bench_annotators.py harmless-routed --pairs 60 --engine vllm   # head on safety prompts
+    python benchmarks/bench_annotators.py judge-routed --pairs 150 --cache C   # 1.5B pointwise judge + head
 
 One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
 with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
@@ -464,10 +465,51 @@ def pooled_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# the demo's annotator since 2026-12-04: the 1.5B model as a pointwise judge (each response rated
+# alone, so no position bias; the expectation over the rating token, TrustJudge), the safety head on
+# the prompts its router sends to it
+POINTWISE = {"method": "judge_pointwise", "rationale": False, "max_tokens": 8, "rating_min": 1,
+             "rating_max": 9, "batch_size": 16,
+             "models": {"judge": {"engine": "vllm", "model": Q15, "options": {"max_model_len": 8192}}}}
+
+
+def judge_routed(n: int, seed: int, cache: Path) -> dict:
+    """`annotate.method: judge_pointwise` (POINTWISE) with `annotate.safety_head` refitted outside
+    the sample, through `evaluate_annotator` exactly as the gate runs it (the head's pairs make no
+    judge request), with the trivial baselines and paired CIs per file and pooled."""
+    import random
+    import tempfile
+
+    from pipeline.annotate import safety_head
+    from pipeline.filters.embed import DEFAULT_MODEL
+
+    pairs = pooled_pairs(n, seed)
+    hh, _ = load_gold(GOLD.parent / HH)
+    train = [hh[i] for i in random.Random(seed).sample(range(len(hh)), len(hh))[n:]]
+    t0 = time.perf_counter()
+    fitted = safety_head.fit(train, [t for p in ORDINARY for t in safety_head.prompt_texts(p)], DEFAULT_MODEL)
+    head_seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "refitted-head.json"
+        path.write_text(json.dumps(fitted))
+        config = AnnotateConfig.model_validate({**POINTWISE, "safety_head": {"path": str(path)}})
+        engines = annotator_engines(config)
+        t0 = time.perf_counter()
+        report = evaluate_annotator(config, engines, pairs, 1000, cache_dir=cache,
+                                    progress_label="pointwise judge", every_route=False)
+        report["scoring_seconds"] = round(time.perf_counter() - t0, 1)
+        for e in {id(e): e for e in engines.values()}.values():
+            e.close()
+    report["config"]["safety_head"]["path"] = "(refitted on the hh-rlhf pairs outside the sample)"
+    report.update({"pairs_per_file": n, "training_pairs": fitted["head"]["decisive_pairs"],
+                   "head_seconds": round(head_seconds, 1), "files": [p.name for p in GOLD_FILES]})
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures",
-                                                      "harmless-head", "harmless-routed"])
+                                                      "harmless-head", "harmless-routed", "judge-routed"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
@@ -477,6 +519,11 @@ def main() -> None:
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
     args = ap.parse_args()
+    if args.part == "judge-routed":
+        report = judge_routed(args.pairs, args.seed, args.cache)
+        js, md = write_report(report, ROOT / "benchmarks" / "results" / f"annotators-pooled-judge-routed-{args.pairs}pairs")
+        print(md.read_text())
+        return
     if args.part in ("pooled", "pooled-mixtures", "harmless-head", "harmless-routed"):
         size = "" if args.pairs == 60 else f"-{args.pairs}pairs"
         if args.part == "harmless-head":

@@ -324,7 +324,7 @@ def gold_agreement(manifest: dict) -> str:
         k = ev["safety_head_pairs"]
         text += (f" The safety head's router sent all {k} gold pairs to the head, so this measures the head alone."
                  if k == pairs else f" The safety head's router sent {k} of these {pairs} gold pairs to the "
-                 "head; the density ratio scored the rest.")
+                 f"head; {routed_scorer(manifest)} scored the rest.")
     if (verdict := (ev.get("verdict") or {}).get("sentence")):
         text += " " + esc(verdict)
     if (fit := manifest.get("annotator_fit")):
@@ -342,6 +342,12 @@ def gold_agreement(manifest: dict) -> str:
     return text
 
 
+def routed_scorer(manifest: dict) -> str:
+    """What scores the prompts the safety head does not: the method's own scorer."""
+    method = ((manifest.get("models") or {}).get("annotator") or {}).get("method")
+    return "the pointwise judge" if method == "judge_pointwise" else "the density ratio"
+
+
 def safety_head_sentence(manifest: dict) -> str:
     """How the safety head took part (`models.safety_head`), with its sources' licences; or ''."""
     h = ((manifest.get("models") or {}).get("safety_head"))
@@ -352,7 +358,7 @@ def safety_head_sentence(manifest: dict) -> str:
     prompts = ", ".join(f"`{esc(p['file'])}`" for p in fitted.get("ordinary_prompts") or [])
     licences = "; ".join(esc(x) for x in fitted.get("licences") or []) or "not recorded in the head file"
     return (f" On prompts that read like red-team attempts (router P >= {fmt_num(h['threshold'])}), a harmlessness "
-            f"reward head on `{esc(h['embedder'])}` embeddings scored instead of the density ratio: "
+            f"reward head on `{esc(h['embedder'])}` embeddings scored instead of {routed_scorer(manifest)}: "
             f"{h['candidates_scored']} candidates of this build. The head (`{esc(h['file'])}`) was fitted on "
             f"`{esc(pairs.get('file', '?'))}` (its held-out sample of {(pairs.get('held_out') or {}).get('limit', '?')} "
             f"pairs excluded) and its router on ordinary prompts from {prompts or 'unrecorded files'}; "

@@ -169,6 +169,10 @@ def _generator(g) -> str:
     return name + (f" ({', '.join(details)})" if details else "")
 
 
+METHOD_SCORER = {"judge_pointwise": "judge", "judge_pairwise": "judge", "density_ratio": "density ratio (strong / weak)",
+                 "ensemble": "density ratio (strong / weak)", "reward_model": "reward model"}
+
+
 def model_rows(manifest: dict) -> list[tuple[str, str | None]]:
     """(role, model in words or None when not recorded) for the models table."""
     m = manifest.get("models") or {}
@@ -177,11 +181,12 @@ def model_rows(manifest: dict) -> list[tuple[str, str | None]]:
     rows = [("generators", ", ".join(_generator(g) for g in m["generators"]) if m.get("generators") else None)]
     if annotator.get("method"):
         rows.append(("annotation method", str(annotator["method"])))
-    rows += [("judge", str(m["judge"]) if m.get("judge") else None),
-             ("density ratio (strong / weak)", f"{dr['strong']} / {dr['weak']}" if dr.get("strong") else None),
-             ("reward model", str(annotator["reward"]) if annotator.get("reward") else None),
-             ("CHES model", str(m["ches_model"]) if m.get("ches_model") else None)]
-    return [r for r in rows if r[0] != "reward model" or r[1]]
+    scorers = [("judge", str(m["judge"]) if m.get("judge") else None),
+               ("density ratio (strong / weak)", f"{dr['strong']} / {dr['weak']}" if dr.get("strong") else None),
+               ("reward model", str(annotator["reward"]) if annotator.get("reward") else None)]
+    used = METHOD_SCORER.get(annotator.get("method"))  # a known method: only its scorer's row
+    rows += [r for r in scorers if r[1] or r[0] == used or (used is None and r[0] != "reward model")]
+    return rows + [("CHES model", str(m["ches_model"]) if m.get("ches_model") else None)]
 
 
 def ches_sentence(manifest: dict, stats: dict) -> str:

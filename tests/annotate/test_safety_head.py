@@ -241,7 +241,11 @@ def test_a_pointwise_judge_build_routes_red_team_prompts_to_the_head(
             assert row["raw"] == "[[4]]" and row["score_argmax"] == 4.0 and 2 < row["score"] < 5
     assert all(len(r) == 1 for r in routes.values()) and {"judge", "safety_head"} <= set().union(*routes.values())
     record = read_manifest(root / "datasets/routed/v0001")["models"]["safety_head"]
-    assert record["candidates_scored"] == sum(json.loads(d)["route"] == "safety_head" for d in rows["details"])
+    scored = sum(json.loads(d)["route"] == "safety_head" for d in rows["details"])
+    assert record["candidates_scored"] == scored
+    card = (root / "datasets/routed/v0001/README.md").read_text()
+    assert f"scored instead of the pointwise judge: {scored} candidates of this build" in card
+    assert "density ratio" not in card
 
 
 def test_the_pointwise_gate_skips_the_judge_on_the_heads_pairs(real_data, rates_four_judge_dir):
