@@ -18,11 +18,19 @@ def model_path(name: str) -> str:
     return name
 
 
-@lru_cache(maxsize=4)
 def load_model(name: str = DEFAULT_MODEL):
+    """The embedder, loaded once per process for each model identity: a local model directory
+    rewritten in place loads afresh (`engines.identity`), as its dedup index's identity changes."""
+    from pipeline.engines.identity import model_identity
+
+    return _load(model_path(name), model_identity(name))
+
+
+@lru_cache(maxsize=4)
+def _load(path: str, identity: str):
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(model_path(name))
+    return SentenceTransformer(path)
 
 
 def embed_texts(texts: list[str], model: str = DEFAULT_MODEL, batch_size: int = 256) -> np.ndarray:

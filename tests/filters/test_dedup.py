@@ -294,3 +294,26 @@ def test_the_index_knows_a_local_embedder_by_its_files(tmp_path):
     (model / "model.safetensors").write_bytes(b"second, retrained")
     assert index_meta(config)["semantic_model"] != before
     assert index_meta(DedupConfig(semantic={"enabled": True}))["semantic_model"] == "packaged:all-MiniLM-L6-v2"
+
+
+def test_an_embedder_rewritten_in_place_is_loaded_afresh_in_a_long_lived_process(tmp_path):
+    """A Dask worker embeds with the model its index records: the process's loaded embedder is kept
+    per identity, so rewriting the directory between two builds loads the new files, not the old."""
+    import shutil
+
+    from pipeline.filters.embed import embed_texts, load_model, model_path
+
+    model = tmp_path / "embedder"
+    shutil.copytree(model_path("packaged:all-MiniLM-L6-v2"), model)
+    first = load_model(str(model))
+    assert load_model(str(model)) is first
+    before = embed_texts(["a red apple"], str(model))
+    weights = model / "model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    key = next(k for k in tensors if k.endswith("word_embeddings.weight"))
+    tensors[key] = tensors[key] * 0.5 + 0.01  # "retrained"
+    save_file(tensors, weights)
+    assert load_model(str(model)) is not first
+    assert not np.allclose(embed_texts(["a red apple"], str(model)), before)
