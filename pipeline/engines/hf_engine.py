@@ -14,7 +14,8 @@ import numpy as np
 
 from pipeline.engines import chat
 from pipeline.engines.base import (GENERATE, HIDDEN_STATES, REWARD, SCORE, TOP_LOGPROBS, ChatRequest,
-                                   Completion, ScoreRequest, TokenScores, UnsupportedCapability)
+                                   Completion, ScoreRequest, TokenScores, UnsupportedCapability,
+                                   release_memory)
 
 
 class TransformersEngine:
@@ -254,6 +255,4 @@ class TransformersEngine:
 
     def close(self) -> None:
         self.model = None
-        import gc
-
-        gc.collect()
+        release_memory()

@@ -10,7 +10,6 @@ On CPU set `VLLM_CPU_KVCACHE_SPACE` (GiB). Scripts that build an engine need an
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from pipeline.engines import chat
 from pipeline.engines.base import (GENERATE, SCORE, TOP_LOGPROBS, ChatRequest, Completion,
                                    RequestRejected, ScoreRequest, TokenScores,
-                                   UnsupportedCapability)
+                                   UnsupportedCapability, release_memory)
 
 
 def _saved_dtype(model_dir: str) -> str | None:
@@ -191,4 +190,4 @@ class VLLMEngine:
         except Exception:  # already down (e.g. interpreter shutdown): nothing left to release
             pass
         self.llm = None
-        gc.collect()
+        release_memory()
