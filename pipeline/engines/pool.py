@@ -51,16 +51,24 @@ def _close_superseded(key: str, spec: EngineSpec) -> None:
     with _guard:
         old = _latest.get(_location(spec))
         _latest[_location(spec)] = key
-    if old is None or old == key or old not in _resident:
+    if old is not None and old != key and old in _resident:
+        _unload(old, wait=None)
+
+
+def _unload(key: str, wait: float | None) -> None:
+    """Close and forget the resident engine of `key` once its lock is free: waiting up to `wait`
+    seconds and then closing anyway, or (None) only if it is free now."""
+    lock = _lock(key)
+    got = lock.acquire(blocking=False) if wait is None else lock.acquire(timeout=wait)
+    if not got and wait is None:
         return
-    lock = _lock(old)
-    if lock.acquire(blocking=False):
-        try:
-            with _guard:
-                engine = _resident.pop(old, None)
-            if engine is not None:
-                engine.close()
-        finally:
+    try:
+        with _guard:
+            engine = _resident.pop(key, None)
+        if engine is not None:
+            engine.close()
+    finally:
+        if got:
             lock.release()
 
 
@@ -97,16 +105,7 @@ def close_all() -> None:
     with _guard:
         keys = list(_resident)
     for key in keys:
-        lock = _lock(key)
-        got = lock.acquire(timeout=CLOSE_WAIT_S)
-        try:
-            with _guard:
-                engine = _resident.pop(key, None)
-            if engine is not None:
-                engine.close()
-        finally:
-            if got:
-                lock.release()
+        _unload(key, CLOSE_WAIT_S)
 
 
 def stats() -> dict:
