@@ -501,6 +501,8 @@ def judge_routed(n: int, seed: int, cache: Path) -> dict:
         for e in {id(e): e for e in engines.values()}.values():
             e.close()
     report["config"]["safety_head"]["path"] = "(refitted on the hh-rlhf pairs outside the sample)"
+    report["gold"] = {"path": f"{n} pairs of each of {len(GOLD_FILES)} files, pooled", "pairs": len(pairs),
+                      "seed": seed, "rejected": {}}
     report.update({"pairs_per_file": n, "training_pairs": fitted["head"]["decisive_pairs"],
                    "head_seconds": round(head_seconds, 1), "files": [p.name for p in GOLD_FILES]})
     return report

@@ -261,8 +261,9 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         seconds = time.perf_counter() - t0
         for name, attr in (("pointwise_argmax", "score_argmax"), ("pointwise_expectation", "score_expectation")):
             judge_scores = [getattr(rated[i], attr) if i in rated else None for i in range(len(responses))]
-            if name == "pointwise_expectation" and all(x is None for x in judge_scores):
-                continue
+            if name == "pointwise_expectation" and judged and all(rated[i].score_expectation is None
+                                                                 for i in judged):
+                continue  # the engine gave no log-probs: argmax only (all routed to the head: both)
             scores = [h if to else j for h, to, j in zip(routes.heads, routes.to_head, judge_scores)]
             variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
                               "seconds": seconds, "scores": scores}

@@ -274,3 +274,7 @@ def test_the_pointwise_gate_skips_the_judge_on_the_heads_pairs(real_data, rates_
         assert report["variants"]["pointwise_expectation"]["accuracy_excluding_ties"] == pytest.approx(by_hand)
     assert {"pointwise_expectation[no safety head]", "safety head alone"} <= set(full["variants"])
     assert full["variants"]["pointwise_expectation[no safety head]"]["accuracy_excluding_ties"] == 0.0
+    # a gate whose every pair the router sends to the head (the demo's) reports the configured variant
+    only_head = evaluate_annotator(config, engines, [p for p, r in zip(pairs, routed) if r], resamples=50,
+                                   every_route=False)
+    assert only_head["requests"]["engine"] == 0 and only_head["configured_variant"] == "pointwise_expectation"
