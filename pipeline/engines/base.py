@@ -111,7 +111,7 @@ def require(engine_name: str, capabilities: frozenset[str], needed: set[str]) ->
 
 def release_memory() -> None:
     """After an engine closes: collect its objects and hand glibc's freed heap back to the OS
-    (`malloc_trim`; measured on the 0.5B vLLM engine: RSS 1.9 -> 1.1 GiB after close), so the
+    (`malloc_trim`; measured on the 0.5B vLLM engine: RSS 1.9 -> 1.2 GiB after close), so the
     next stage's engine or another build on the machine gets it. A no-op where libc has no trim."""
     import ctypes
     import gc
