@@ -6,7 +6,10 @@ stage reused from the cache or one that reports nothing on the way)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
+
+Progress = Callable[[float], None]  # a step's callback: this many more of its items are done
 
 
 class Listener(Protocol):

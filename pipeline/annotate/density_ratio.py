@@ -9,11 +9,11 @@ reward instead (`route` says which scored; both numbers are kept).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.annotate import safety_head
 from pipeline.annotate.config import AnnotateConfig, route_criteria
+from pipeline.progress import Progress
 from pipeline.engines.base import SCORE, Engine, ScoreRequest, TokenScores, require
 from pipeline.engines.chat import message_tuples
 
@@ -32,7 +32,6 @@ class DensityRatioScore:
     p_safety: float | None = None  # the router's P(red-team prompt)
 
 
-Progress = Callable[[float], None]  # called with the share of candidates each batch finished
 
 
 def _batched(engine: Engine, requests: list[ScoreRequest], size: int, on_batch: Progress | None = None,

@@ -17,6 +17,7 @@ from pipeline.annotate.config import ASPECTS, AnnotateConfig
 from pipeline.annotate.expectation import expected_rating, first_wins_probability, position_of
 from pipeline.annotate.parsing import ParseError, Parsed, parse_rating, parse_verdict
 from pipeline.annotate.templates import load_template, render_conversation
+from pipeline.progress import Progress
 from pipeline.engines.base import TOP_LOGPROBS, ChatRequest, Completion, Engine, SamplingParams
 
 UNPARSEABLE = "unparseable_judge_output"
@@ -33,9 +34,10 @@ class Answer:
     seeds: list[int] = field(default_factory=list)
 
 
-def ask(engine: Engine, prompts: list[str], parse: Callable[[str], Parsed], config: AnnotateConfig
-        ) -> list[Answer]:
-    """Send each prompt as one user turn; re-ask those whose output does not parse."""
+def ask(engine: Engine, prompts: list[str], parse: Callable[[str], Parsed], config: AnnotateConfig,
+        on_batch: Progress | None = None, weight: float = 1.0) -> list[Answer]:
+    """Send each prompt as one user turn; re-ask those whose output does not parse.
+    `on_batch(weight * prompts answered)` after each first-attempt batch (re-asks add no progress)."""
     logprobs = config.top_logprobs if config.expectation and TOP_LOGPROBS in engine.capabilities else None
     answers = [Answer() for _ in prompts]
     pending = list(range(len(prompts)))
@@ -61,6 +63,8 @@ def ask(engine: Engine, prompts: list[str], parse: Callable[[str], Parsed], conf
                 except ParseError as err:
                     answer.error = str(err)
                     still.append(i)
+            if attempt == 0 and on_batch is not None:
+                on_batch(weight * len(batch))
         pending = still
     return answers
 
@@ -112,11 +116,12 @@ class PointwiseJudge:
             criteria=item.criteria, rating_min=c.rating_min, rating_max=c.rating_max,
             rationale=c.rationale)
 
-    def rate(self, items: list[RateItem]) -> list[Rating]:
+    def rate(self, items: list[RateItem], on_batch: Progress | None = None) -> list[Rating]:
+        """A rating of each item; `on_batch(items done)` as the batches finish."""
         c = self.config
         questions = [(i, a) for i in range(len(items)) for a in self.aspects]
         answers = ask(self.engine, [self.prompt(items[i], a) for i, a in questions],
-                      lambda t: parse_rating(t, c.rating_min, c.rating_max), c)
+                      lambda t: parse_rating(t, c.rating_min, c.rating_max), c, on_batch, 1 / len(self.aspects))
         per_item: list[list[tuple[str | None, Answer]]] = [[] for _ in items]
         for (i, aspect), answer in zip(questions, answers):
             per_item[i].append((aspect, answer))
@@ -206,15 +211,19 @@ class PairwiseJudge:
              "response_b": second, "reference": item.reference},
             criteria=item.criteria, rationale=self.config.rationale)
 
-    def judge_order(self, items: list[PairItem], swapped: bool) -> list[Answer]:
+    def judge_order(self, items: list[PairItem], swapped: bool, on_batch: Progress | None = None,
+                    weight: float = 1.0) -> list[Answer]:
         prompts = [self.prompt(it, it.response_b, it.response_a) if swapped
                    else self.prompt(it, it.response_a, it.response_b) for it in items]
-        return ask(self.engine, prompts, parse_verdict, self.config)
+        return ask(self.engine, prompts, parse_verdict, self.config, on_batch, weight)
 
-    def compare(self, items: list[PairItem], both_orders: bool | None = None) -> list[Comparison]:
+    def compare(self, items: list[PairItem], both_orders: bool | None = None,
+                on_batch: Progress | None = None) -> list[Comparison]:
+        """Each pair's verdict; `on_batch(pairs done)` as the batches of every order finish."""
         both = self.config.both_orders if both_orders is None else both_orders
-        ab = self.judge_order(items, swapped=False)
-        ba = self.judge_order(items, swapped=True) if both else [None] * len(items)
+        share = 0.5 if both else 1.0
+        ab = self.judge_order(items, swapped=False, on_batch=on_batch, weight=share)
+        ba = self.judge_order(items, swapped=True, on_batch=on_batch, weight=share) if both else [None] * len(items)
         return [self.combine(x, y) for x, y in zip(ab, ba)]
 
     def combine(self, ab: Answer, ba: Answer | None) -> Comparison:

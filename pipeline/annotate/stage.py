@@ -60,14 +60,16 @@ class _Result:
         self.details = details or {}
 
 
-def _judge_pointwise(config, engines, convs, refs) -> list[tuple[dict, _Result]]:
+def _judge_pointwise(config, engines, convs, refs, on_batch) -> list[tuple[dict, _Result]]:
     judge = PointwiseJudge(engines["judge"], config)
     cands = [c for group in convs.values() for c in group]
     routes = safety_head.route(config, [c["prompt"] for c in cands], [c["response"] for c in cands])
     judged = [c for c, to_head in zip(cands, routes.to_head) if not to_head]
+    if len(judged) < len(cands):
+        on_batch(len(cands) - len(judged))  # the head's candidates are scored already
     items = [RateItem(c["prompt"], c["response"], refs.get((c["conversation_id"], c["candidate_id"])),
                       route_criteria(config.criteria, c["prompt"])[1]) for c in judged]
-    rated = {id(c): r for c, r in zip(judged, judge.rate(items))}
+    rated = {id(c): r for c, r in zip(judged, judge.rate(items, on_batch))}
     out = []
     for cand, head, p_safety, to_head in zip(cands, routes.heads, routes.p_safety, routes.to_head):
         routing = ({"route": "safety_head" if to_head else "judge", "safety_head": head, "p_safety": p_safety}
@@ -83,7 +85,7 @@ def _judge_pointwise(config, engines, convs, refs) -> list[tuple[dict, _Result]]
 
 
 def _judge_pairwise(config, engines, convs, refs, comparisons: ShardWriter, annotator: str,
-                    reliability: Reliability) -> list[tuple[dict, _Result]]:
+                    reliability: Reliability, on_batch) -> list[tuple[dict, _Result]]:
     judge = PairwiseJudge(engines["judge"], config)
     pairs = [(a, b) for group in convs.values() for a, b in combinations(group, 2)]
     items = [PairItem(a["prompt"], a["response"], b["response"],
@@ -91,7 +93,8 @@ def _judge_pairwise(config, engines, convs, refs, comparisons: ShardWriter, anno
                       if refs.get((a["conversation_id"], a["candidate_id"])) ==
                       refs.get((b["conversation_id"], b["candidate_id"])) else None,
                       route_criteria(config.criteria, a["prompt"])[1]) for a, b in pairs]
-    results = judge.compare(items)
+    per_pair = sum(len(g) for g in convs.values()) / max(len(pairs), 1)  # candidates a pair stands for
+    results = judge.compare(items, on_batch=lambda done: on_batch(done * per_pair))
     record: dict[str, list] = {}
     for (a, b), comp in zip(pairs, results):
         reliability.add_comparison(comp, len(a["response"]), len(b["response"]))
@@ -207,9 +210,9 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
 
     reliability = Reliability()
     if config.method == "judge_pointwise":
-        results = _judge_pointwise(config, engines, convs, refs)
+        results = _judge_pointwise(config, engines, convs, refs, tick)
     elif config.method == "judge_pairwise":
-        results = _judge_pairwise(config, engines, convs, refs, comparisons, annotator, reliability)
+        results = _judge_pairwise(config, engines, convs, refs, comparisons, annotator, reliability, tick)
     elif config.method == "density_ratio":
         results = _density_ratio(config, engines, convs, tick)
     elif config.method == "ensemble":

@@ -175,3 +175,35 @@ def test_single_and_empty_candidates_are_failed_with_a_reason(tmp_path, position
     assert dict(stats.reasons) == {"single_candidate": 2, "empty_response": 1}
     annotations = read(tmp_path / "out")
     assert annotations["score"].null_count() == 3
+
+
+@pytest.mark.parametrize("method, aspects, expected", [
+    # 12 candidates in batches of 4: three batches of 4 candidates' worth
+    ("judge_pointwise", [], [4.0] * 3),
+    # two aspects: 24 questions in batches of 4, each batch 2 candidates' worth
+    ("judge_pointwise", ["helpfulness", "honesty"], [2.0] * 6),
+    # 6 pairs (12 candidates) in both orders, batches of 4 pairs: 4, 2, 4, 2 pairs of half a pair's
+    # 2 candidates each
+    ("judge_pairwise", [], [4.0, 2.0, 4.0, 2.0]),
+])
+def test_judges_report_progress_batch_by_batch(tmp_path, autoj_candidate_shard, rates_four_engine,
+                                               position_one_engine, method, aspects, expected):
+    """The CLI's annotate bar moves as each batch of judge questions finishes, not once a shard ends."""
+    from pipeline import progress
+
+    steps: list[float] = []
+
+    class Seen:
+        def advance(self, label, rows):
+            assert label == "annotate"
+            steps.append(rows)
+
+    engine = rates_four_engine if method == "judge_pointwise" else position_one_engine
+    config = judge_config(method, max_tokens=1, rationale=False, batch_size=4, aspects=aspects)
+    unsubscribe = progress.subscribe(Seen())
+    try:
+        stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": engine}, stage="annotate")
+    finally:
+        unsubscribe()
+    assert steps[:len(expected)] == pytest.approx(expected)
+    assert sum(steps) == pytest.approx(stats.rows_in) and stats.rows_in == 12
