@@ -7,6 +7,7 @@
     python benchmarks/bench_annotators.py harmless-head --pairs 100   # MiniLM reward head, hh-rlhf-fitted
     python benchmarks/bench_annotators.py harmless-routed --pairs 60 --engine vllm   # head on safety prompts
     python benchmarks/bench_annotators.py judge-routed --pairs 150 --cache C   # 1.5B pointwise judge + head
+    python benchmarks/bench_annotators.py judge-ensemble --pairs 150 --cache C # + ensembles with it (fitted)
 
 One both-orders judge run (vLLM engine) reports single order, both orders and expectation (each
 with its own wall time); one CDR run reports the per-token (the demo's), summed and per-character
@@ -508,10 +509,108 @@ def judge_routed(n: int, seed: int, cache: Path) -> dict:
     return report
 
 
+# `annotate.method: ensemble` with the pointwise judge (POINTWISE's model and settings, so the
+# judge-routed run's requests are cache hits) and the safety head: the designs, fixed before the run
+JUDGE_ENSEMBLES = {
+    "judge + log_chars": ["judge", "log_chars"],
+    "judge + 1.5B/0.5B per-token ratio + log_chars": ["judge", "cdr_tokens", "log_chars"],
+}
+
+
+def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
+    """Each ensemble of JUDGE_ENSEMBLES named in `names` through `ensemble_fit.fit_report` as a build
+    fits it (5-fold out of fold, safety head refitted outside the sample scoring its router's pairs),
+    with the paired difference of each variant against the judge alone (the demo's annotator since
+    2026-12-04) and the trivial baselines, pooled and per file."""
+    import tempfile
+
+    import numpy as np
+
+    from pipeline.annotate.eval import bootstrap_ci, difference_resampled, resample_indices
+
+    pairs = pooled_pairs(n, seed)
+    head, k = refitted_head(n, seed)
+    gold = np.asarray([p.label for p in pairs], dtype=object)
+    idx = resample_indices(len(pairs), 1000, seed)
+    out = {"annotator": "pointwise judge 1.5B + ensembles", "method": "ensemble + annotate.safety_head",
+           "pairs_per_file": n, "training_pairs": k, "files": [p.name for p in GOLD_FILES], "fits": {},
+           "variants": {}, "paired_vs_judge_alone": {}, "scoring_seconds": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "refitted-head.json"
+        path.write_text(json.dumps({"format": "prefpipe-safety-head/1", "embedder": head.embedder,
+                                    "head": {"coefficients": head.head.tolist()},
+                                    "router": {"coefficients": head.router.tolist(), "intercept": head.intercept,
+                                               "threshold": head.threshold}}))
+        for name in names:
+            models = {**POINTWISE["models"], "strong": {"engine": "vllm", "model": Q15, "options": {"max_model_len": 8192}},
+                      "weak": {"engine": "vllm", "model": Q05, "options": {"max_model_len": 8192}}}
+            config = AnnotateConfig.model_validate({
+                **POINTWISE, "method": "ensemble", "length_norm": "tokens", "models": models,
+                "safety_head": {"path": str(path)},
+                "ensemble": {"gold": [p.name for p in GOLD_FILES], "features": JUDGE_ENSEMBLES[name],
+                             "folds": 5, "seed": seed, "resamples": 1000}})
+            engines = annotator_engines(config)
+            t0 = time.perf_counter()
+            try:
+                report = ensemble_fit.fit_report(config, engines, pairs, cache, progress_label=name, keep_verdicts=True)
+            finally:
+                for e in {id(e): e for e in engines.values()}.values():
+                    e.close()
+            out["scoring_seconds"][name] = round(time.perf_counter() - t0, 1)
+            runs = report.pop("verdicts")
+            judge = np.asarray(runs["judge alone"], dtype=object)
+            for variant, verdicts in runs.items():
+                label = f"{name}: {variant}"
+                out["variants"][label] = report["variants"][variant]
+                fit, _ = _fit_entry(label, pairs, verdicts, report["weights"], seed)
+                out["fits"][label] = fit
+                v = np.asarray(verdicts, dtype=object)
+                point = float(difference_resampled(gold, v, judge, np.arange(len(pairs))[None, :])[0])
+                out["paired_vs_judge_alone"][label] = {
+                    "difference": point, "ci95": bootstrap_ci(lambda i: difference_resampled(gold, v, judge, i), idx)}
+            out["requests"] = report["requests"]
+            out["safety_head_pairs"] = report["safety_head_pairs"]
+    out["requests"]["cache"] = "(the --cache directory)"
+    return out
+
+
+def judge_ensemble_markdown(report: dict) -> str:
+    """One row per ensemble variant: pooled accuracy, paired differences against the best trivial
+    baseline and against the judge alone, per file; the trivial baselines; the fitted weights."""
+    from pipeline.annotate.baselines import TRIVIAL, _diff
+    from pipeline.annotate.eval import _fmt
+
+    files = report["files"]
+    first = next(iter(report["fits"].values()))
+    lines = [f"# The pointwise judge in ensembles, pooled over {len(files)} gold files "
+             f"({report['pairs_per_file']} pairs each)", "",
+             f"Safety head refitted on {report['training_pairs']} hh-rlhf pairs outside the sample; its router "
+             f"took {report['safety_head_pairs']} pairs. Seconds per ensemble (engine load, scoring, fit): "
+             f"{report['scoring_seconds']}; requests of the last: {report['requests']}.", "",
+             "| annotator | pooled acc. excl. ties [95% CI] | - best trivial [95% CI] | - judge alone, paired [95% CI] | "
+             + " | ".join(f[:24] for f in files) + " |", "|---" * (4 + len(files)) + "|"]
+    for name, fit in report["fits"].items():
+        m = report["variants"][name]
+        by = fit["by_file"] or {}
+        lines.append(f"| {name} | {_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | "
+                     f"{_diff({'difference': fit['verdict']['difference'], 'ci95': fit['verdict']['ci95']})} | "
+                     f"{_diff(report['paired_vs_judge_alone'][name])} | "
+                     + " | ".join(_fmt(by.get(f, {}).get("annotator")) for f in files) + " |")
+    for key, label in TRIVIAL.items():
+        t = first["baselines"]["trivial"][key]
+        by = first["by_file"] or {}
+        lines.append(f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])}"
+                     f" | | | " + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + " |")
+    lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: " + _weights(fit["weights"])
+                    for name, fit in report["fits"].items() if name.endswith(": ensemble"))]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures",
-                                                      "harmless-head", "harmless-routed", "judge-routed"])
+                                                      "harmless-head", "harmless-routed", "judge-routed",
+                                                      "judge-ensemble"])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "prefpipe" / "eval")
@@ -520,7 +619,17 @@ def main() -> None:
     ap.add_argument("--engine", default="transformers", choices=["transformers", "vllm"], help="pooled: engine")
     ap.add_argument("--criteria", default="none", choices=sorted(CRITERIA),
                     help="pooled: the strong model's criteria system prompt")
+    ap.add_argument("--ensembles", nargs="+", default=list(JUDGE_ENSEMBLES), choices=list(JUDGE_ENSEMBLES),
+                    help="judge-ensemble: which ensembles to fit")
     args = ap.parse_args()
+    if args.part == "judge-ensemble":
+        report = judge_ensemble(args.pairs, args.seed, args.cache, args.ensembles)
+        out = ROOT / "benchmarks" / "results" / f"annotators-pooled-judge-ensemble-{args.pairs}pairs"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+        (out / "eval-annotator.md").write_text(judge_ensemble_markdown(report))
+        print((out / "eval-annotator.md").read_text())
+        return
     if args.part == "judge-routed":
         report = judge_routed(args.pairs, args.seed, args.cache)
         js, md = write_report(report, ROOT / "benchmarks" / "results" / f"annotators-pooled-judge-routed-{args.pairs}pairs")

@@ -72,7 +72,7 @@ ANNOTATION = pa.schema(
         ("aspects", pa.string()),  # JSON {aspect: rating}
         ("rationale", pa.string()),
         ("raw", pa.string()),  # raw judge output, kept for failed parses
-        ("method", pa.string()),  # judge_pointwise | judge_pairwise | density_ratio | reward_model
+        ("method", pa.string()),  # judge_pointwise | judge_pairwise | density_ratio | reward_model | ensemble
         ("error", pa.string()),  # why the annotation failed (null when ok)
         ("details", pa.string()),  # JSON: seeds, CDR log-probs and token counts, pairwise wins ...
     ]

@@ -16,10 +16,19 @@ ROLES: dict[str, tuple[str, ...]] = {
     "judge_pairwise": ("judge",),
     "density_ratio": ("strong", "weak"),
     "reward_model": ("reward",),
-    "ensemble": ("strong", "weak"),
+    "ensemble": ("strong", "weak"),  # by default; its features decide (`ensemble_roles`)
 }
 # The ensemble's features (pipeline.annotate.ensemble.FEATURES), listed here so the schema names them.
-Feature = Literal["cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens", "log_chars"]
+Feature = Literal["cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens", "judge", "log_chars"]
+RATIO_FEATURES = ("cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens")  # one density-ratio pass
+JUDGE_FEATURE = "judge"  # the pointwise judge's rating
+
+
+def ensemble_roles(features: list[str]) -> tuple[str, ...]:
+    """The models an ensemble's features need: strong and weak for the density-ratio features,
+    the judge for its rating (log_chars needs none)."""
+    ratio = ("strong", "weak") if any(f in RATIO_FEATURES for f in features) else ()
+    return ratio + (("judge",) if JUDGE_FEATURE in features else ())
 
 # UltraFeedback's four aspects; any other aspect name is shown to the judge as written.
 ASPECTS = {
@@ -135,8 +144,9 @@ class AnnotateConfig(Strict):
     criteria: Criteria = Criteria()
     ensemble: EnsembleConfig | None = Field(None, description="method ensemble: features and the gold "
                                                                "pairs their weights are fitted on")
-    safety_head: SafetyHeadConfig | None = Field(None, description="methods density_ratio and judge_pointwise: "
-                                                                   "a harmlessness head scores red-team prompts instead")
+    safety_head: SafetyHeadConfig | None = Field(None, description="methods density_ratio, judge_pointwise and "
+                                                                   "ensemble: a harmlessness head scores red-team "
+                                                                   "prompts instead")
     # every method
     tie_margin: float = Field(0.0, ge=0, description="Score differences up to this are ties")
     batch_size: int = Field(32, ge=1, description="Requests per engine call")
@@ -148,22 +158,28 @@ class AnnotateConfig(Strict):
     def _check(self) -> "AnnotateConfig":
         if self.rating_min >= self.rating_max:
             raise ValueError("rating_min must be below rating_max")
-        missing = [r for r in ROLES[self.method] if getattr(self.models, r) is None]
-        if missing:
-            raise ValueError(f"method {self.method} needs models.{', models.'.join(missing)}")
         if (self.method == "ensemble") != (self.ensemble is not None):
             raise ValueError("method ensemble needs an ensemble section, and only it takes one")
+        if self.ensemble is not None and not self.roles():
+            raise ValueError("ensemble.features: at least one model's score is needed besides log_chars "
+                             f"(one of {', '.join(RATIO_FEATURES + (JUDGE_FEATURE,))})")
+        missing = [r for r in self.roles() if getattr(self.models, r) is None]
+        if missing:
+            why = f" for ensemble.features {self.ensemble.features}" if self.ensemble is not None else ""
+            raise ValueError(f"method {self.method} needs models.{', models.'.join(missing)}{why}")
         if self.ensemble is not None and len(set(self.ensemble.features)) != len(self.ensemble.features):
             raise ValueError("ensemble.features: a feature is listed twice")
         if self.ensemble is not None and self.ensemble.length_controlled and "log_chars" not in self.ensemble.features:
             raise ValueError("ensemble.length_controlled needs log_chars among ensemble.features")
-        if self.safety_head is not None and self.method not in ("density_ratio", "judge_pointwise"):
-            raise ValueError("safety_head: only methods density_ratio and judge_pointwise take one")
+        if self.safety_head is not None and self.method not in ("density_ratio", "judge_pointwise", "ensemble"):
+            raise ValueError("safety_head: only methods density_ratio, judge_pointwise and ensemble take one")
         if len(set(self.aspects)) != len(self.aspects):
             raise ValueError("aspects: an aspect is listed twice")
         return self
 
     def roles(self) -> tuple[str, ...]:
+        if self.method == "ensemble" and self.ensemble is not None:
+            return ensemble_roles(self.ensemble.features)
         return ROLES[self.method]
 
     def content_key(self) -> dict:

@@ -70,12 +70,13 @@ class DensityRatio:
         self.strong, self.weak, self.config = strong, weak, config
 
     def score(self, prompts: list[list[dict]], responses: list[str], on_batch: Progress | None = None,
-              every_route: bool = False) -> list[DensityRatioScore]:
+              every_route: bool = False, routes: safety_head.Routes | None = None) -> list[DensityRatioScore]:
         """Scores of every response; `on_batch(candidates)` as the two models get through them (half
-        each). Responses the safety head scores skip the two models unless `every_route`."""
+        each). Responses the safety head scores skip the two models unless `every_route`; `routes`:
+        `safety_head.route` of these responses when the caller has it already."""
         c = self.config
         n = len(responses)
-        routes = safety_head.route(c, prompts, responses)
+        routes = routes or safety_head.route(c, prompts, responses)
         heads, p_safety, to_head = routes.heads, routes.p_safety, routes.to_head
         lm = [i for i in range(n) if every_route or not to_head[i]]
         if on_batch is not None and len(lm) < n:

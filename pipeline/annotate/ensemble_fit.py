@@ -21,12 +21,12 @@ import numpy as np
 
 from pipeline.annotate import ensemble
 from pipeline.annotate.config import AnnotateConfig
-from pipeline.annotate.density_ratio import DensityRatio
-from pipeline.annotate.eval import build_score_cache, cached_engines, metrics
+from pipeline.annotate.eval import build_score_cache, cached_engines, metrics, pair_routes
 from pipeline.annotate.gold import GoldPair, load_gold
+from pipeline.annotate.safety_head import Routes
 from pipeline.atomic import replace_file
 from pipeline.engines.base import Engine
-from pipeline.ids import content_id, file_sha256
+from pipeline.ids import content_id
 from pipeline.keys import code_version
 
 CONFIGURED = {False: "ensemble", True: "length_controlled"}
@@ -46,32 +46,57 @@ def gold_pairs(config: AnnotateConfig) -> tuple[list[GoldPair], dict[str, int]]:
 
 def features(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
              cache_dir: Path | None = None, progress_label: str | None = None
-             ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(features of every response A, of every response B, the requests run and cached)."""
+             ) -> tuple[np.ndarray, np.ndarray, dict, Routes]:
+    """(features of every response A, of every response B, the requests run and cached, the safety
+    head's routes of the responses). A pair the head scores, or whose judge output did not parse,
+    has a row of NaN: the ensemble is never fitted on it."""
+    routes = pair_routes(config, pairs)
     responses = [r for p in pairs for r in (p.response_a, p.response_b)]
-    with cached_engines(config, engines, len(pairs), cache_dir, progress_label) as (cached, requests):
-        scores = DensityRatio(cached["strong"], cached["weak"], config).score(
-            [p.prompt for p in pairs for _ in (0, 1)], responses)
-    names = config.ensemble.features
-    x = ensemble.matrix([ensemble.response_features(s, r) for s, r in zip(scores, responses)], names)
-    return x[0::2], x[1::2], requests
+    planned = len(pairs) - sum(routes.to_head[0::2])
+    with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
+        scored = ensemble.score_responses(config, cached, [p.prompt for p in pairs for _ in (0, 1)],
+                                          responses, routes)
+    x = ensemble.matrix([s.features for s in scored], config.ensemble.features)
+    return x[0::2], x[1::2], requests, routes
 
 
 def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
-               cache_dir: Path | None = None, progress_label: str | None = None) -> dict:
+               cache_dir: Path | None = None, progress_label: str | None = None,
+               keep_verdicts: bool = False) -> dict:
     """An eval-annotator report of the ensemble's out-of-fold verdicts on `pairs`, with its
-    weights (refitted on every pair) under "weights"."""
+    weights (refitted on every pair) under "weights". With a safety head the ensemble is fitted on
+    the pairs its router leaves to the ensemble, and the head's verdicts stand on the others, in
+    every variant (as the annotate stage scores). `keep_verdicts`: every variant's verdict per pair
+    under "verdicts" (for paired comparisons of variants; a build does not keep them)."""
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
     e = config.ensemble
-    xa, xb, requests = features(config, engines, pairs, cache_dir, progress_label)
+    xa, xb, requests, routes = features(config, engines, pairs, cache_dir, progress_label)
     gold = [p.label for p in pairs]
-    fitted = ensemble.fit(xa, xb, gold, e.features, e.folds, e.regularization, e.seed, config.tie_margin)
-    runs = dict(fitted["verdicts"])
+    to_head = np.asarray(routes.to_head[0::2], dtype=bool)
+    own = np.flatnonzero(~to_head)
+    try:
+        fitted = ensemble.fit(xa[own], xb[own], [gold[i] for i in own], e.features, e.folds, e.regularization,
+                              e.seed, config.tie_margin)
+    except ValueError as err:
+        if to_head.any():
+            raise ValueError(f"{err} (the safety head's router took {int(to_head.sum())} of the "
+                             f"{len(pairs)} gold pairs)") from None
+        raise
+    heads = np.asarray([np.nan if h is None else h for h in routes.heads], dtype=float)
+    head_verdicts = ensemble.verdicts(heads[0::2] - heads[1::2], config.tie_margin)
+
+    def with_head(own_verdicts: list[str]) -> list[str]:
+        out = list(head_verdicts)
+        for i, v in zip(own, own_verdicts):
+            out[i] = v
+        return out
+
+    runs = {k: with_head(v) for k, v in fitted["verdicts"].items()}
     signs = dict(zip(e.features, np.sign(fitted["weights"]["coefficients"])))
     for i, name in enumerate(e.features):  # each member alone, oriented as the fit found it
-        runs[f"{name} alone"] = ensemble.verdicts((xa[:, i] - xb[:, i]) * (signs[name] or 1.0))
+        runs[f"{name} alone"] = with_head(ensemble.verdicts((xa[own, i] - xb[own, i]) * (signs[name] or 1.0)))
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]
     variants = {name: metrics(gold, v, la, lb, e.resamples, e.seed) for name, v in runs.items()}
     configured = CONFIGURED[e.length_controlled]
@@ -81,16 +106,19 @@ def fit_report(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: lis
             "config": config.model_dump(mode="json"), "gold_labels": dict(Counter(gold)),
             "variants": variants, "configured_variant": configured, "weights": fitted["weights"],
             "requests": requests,
+            **({"safety_head_pairs": int(to_head.sum())} if config.safety_head is not None else {}),
+            **({"verdicts": runs} if keep_verdicts else {}),
             **compare_with_baselines(name, pairs, runs, configured, None, e.resamples, e.seed)}
 
 
 def report_path(config: AnnotateConfig, work_root: Path) -> Path:
-    e, models = config.ensemble, config.content_key()["models"]
-    key = content_id("w", [file_sha256(Path(g)) for g in e.gold],
-                     e.model_dump(mode="json", exclude={"gold"}),
-                     {r: models[r] for r in config.roles()},
-                     config.length_norm, config.criteria.model_dump(mode="json"), config.tie_margin,
-                     code_version())
+    """Where the fit of this configuration is kept: keyed by the annotate section as its cache keys
+    see it (model identities, the bytes of the gold files, templates and safety head; not where the
+    gold files lie, not the gate or the batch size, which change no score) and the code."""
+    keyed = config.content_key()
+    keyed["ensemble"] = {k: v for k, v in keyed["ensemble"].items() if k != "gold"}
+    keyed["files"] = {k: v for k, v in keyed["files"].items() if not k.startswith("annotate.gate")}
+    key = content_id("w", {k: v for k, v in keyed.items() if k not in ("gate", "batch_size")}, code_version())
     return Path(work_root) / "ensemble" / f"{key}.json"
 
 

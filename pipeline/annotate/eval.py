@@ -130,9 +130,8 @@ def expected_requests(config: AnnotateConfig, pairs: int) -> int:
     """Engine requests `run_annotator` makes for `pairs` gold pairs, retries not counted."""
     if config.method == "judge_pairwise":
         return pairs * (2 if config.both_orders else 1)
-    if config.method == "judge_pointwise":
-        return 2 * pairs * max(len(config.aspects), 1)
-    return 2 * pairs * len(config.roles())
+    per_response = {"judge": max(len(config.aspects), 1)}  # the pointwise judge: a question per aspect
+    return 2 * pairs * sum(per_response.get(role, 1) for role in config.roles())
 
 
 class CachedEngine:
@@ -214,11 +213,20 @@ def _score_verdicts(a: list[float | None], b: list[float | None], margin: float)
     return out
 
 
+def pair_routes(config: AnnotateConfig, pairs: list[GoldPair]) -> safety_head.Routes:
+    """`safety_head.route` of every gold response, A and B of each pair in turn (one embedding pass
+    for both the request count and the run)."""
+    return safety_head.route(config, [p.prompt for p in pairs for _ in (0, 1)],
+                             [r for p in pairs for r in (p.response_a, p.response_b)])
+
+
 def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: list[GoldPair],
-                  weights: dict | None = None, every_route: bool = True) -> dict[str, dict]:
+                  weights: dict | None = None, every_route: bool = True,
+                  routes: safety_head.Routes | None = None) -> dict[str, dict]:
     """{variant: {"verdicts": [a|b|tie|failed], "seconds": s, ...}} for the gold pairs; `weights`:
     the ensemble's (`ensemble_fit.scoring_weights`), for method ensemble. With a safety head and
-    not `every_route`, the pairs it scores skip the density ratio (only the configured variant)."""
+    not `every_route`, the pairs it scores skip the density ratio (only the configured variant).
+    `routes`: `pair_routes(config, pairs)`, when the caller has it already."""
     variants: dict[str, dict] = {}
     if config.method == "judge_pairwise":
         judge = PairwiseJudge(engines["judge"], config)
@@ -251,7 +259,7 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
     elif config.method == "judge_pointwise":
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
-        routes = safety_head.route(config, prompts, responses)
+        routes = routes or pair_routes(config, pairs)
         judged = [i for i in range(len(responses)) if every_route or not routes.to_head[i]]
         judge = PointwiseJudge(engines["judge"], config)
         t0 = time.perf_counter()
@@ -279,16 +287,14 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         t0 = time.perf_counter()
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
-        by_variant: dict[str, list[float]] = {}
-        if config.method in ("density_ratio", "ensemble"):
+        by_variant: dict[str, list[float | None]] = {}
+        if config.method == "ensemble":
+            routes = routes or pair_routes(config, pairs)
+            by_variant = _ensemble_scores(config, engines, prompts, responses, routes, weights, every_route)
+        elif config.method == "density_ratio":
             results = DensityRatio(engines["strong"], engines["weak"], config).score(
-                prompts, responses, every_route=every_route)
-            if config.method == "ensemble":
-                by_variant["ensemble"] = [ensemble.score(weights, ensemble.response_features(s, r))
-                                          for s, r in zip(results, responses)]
-                by_variant["density_ratio"] = [s.reward for s in results]
-            else:
-                by_variant[config.method] = [s.reward for s in results]
+                prompts, responses, every_route=every_route, routes=routes)
+            by_variant[config.method] = [s.reward for s in results]
             if config.safety_head is not None and every_route:  # each routed scorer alone, on every pair
                 by_variant["density_ratio[no safety head]"] = [s.cdr for s in results]
                 by_variant["safety head alone"] = [s.head for s in results]
@@ -303,12 +309,33 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
                 prompts, responses)
         seconds = time.perf_counter() - t0
         for name, scores in by_variant.items():
-            scores = [s if np.isfinite(s) else None for s in scores]
+            scores = [s if s is not None and np.isfinite(s) else None for s in scores]
             variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
                               "seconds": seconds, "scores": scores}
         if config.safety_head is not None:  # a pair's prompt routes both its responses
-            variants[config.method]["safety_head_pairs"] = sum(s.route == "safety_head" for s in results[0::2])
+            variants[config.method]["safety_head_pairs"] = sum((routes or pair_routes(config, pairs)).to_head[0::2])
     return variants
+
+
+def _ensemble_scores(config: AnnotateConfig, engines: Mapping[str, Engine], prompts: list, responses: list[str],
+                     routes: safety_head.Routes, weights: dict, every_route: bool) -> dict[str, list]:
+    """{variant: score of every response} of method ensemble: the ensemble with `weights` (the head's
+    reward on its routes) and, from the same passes, each model's own score routed the same way;
+    with `every_route`, also the ensemble without the head and the head alone."""
+    scored = ensemble.score_responses(config, engines, prompts, responses, routes, every_route=every_route)
+
+    def routed(values: list) -> list:
+        return [h if to else v for h, to, v in zip(routes.heads, routes.to_head, values)]
+
+    fitted = [None if s.features is None else ensemble.score(weights, s.features) for s in scored]
+    out = {"ensemble": routed(fitted)}
+    if "strong" in config.roles():
+        out["density_ratio"] = routed([None if s.ratio is None else s.ratio.cdr for s in scored])
+    if "judge" in config.roles():
+        out["pointwise judge"] = routed([None if s.rating is None else s.rating.score for s in scored])
+    if config.safety_head is not None and every_route:
+        out.update({"ensemble[no safety head]": fitted, "safety head alone": routes.heads})
+    return out
 
 
 # --- statistics -----------------------------------------------------------------------------------
@@ -458,12 +485,12 @@ def evaluate_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pa
     from pipeline.annotate.baselines import compare_with_baselines
     from pipeline.annotate.stage import annotator_name
 
+    routes = pair_routes(config, pairs) if config.safety_head is not None else None
     planned = len(pairs)
-    if config.safety_head is not None and not every_route:  # the head's pairs make no engine request
-        head = safety_head.load(config.safety_head.path, config.safety_head.threshold)
-        planned = int((head.p_safety([p.prompt for p in pairs]) < head.threshold).sum())
+    if routes is not None and not every_route:  # the head's pairs make no engine request
+        planned = len(pairs) - sum(routes.to_head[0::2])
     with cached_engines(config, engines, planned, cache_dir, progress_label) as (cached, requests):
-        runs = run_annotator(config, cached, pairs, weights, every_route)
+        runs = run_annotator(config, cached, pairs, weights, every_route, routes)
     to_head = next((r["safety_head_pairs"] for r in runs.values() if "safety_head_pairs" in r), None)
     gold = [p.label for p in pairs]
     la, lb = [len(p.response_a) for p in pairs], [len(p.response_b) for p in pairs]

@@ -31,9 +31,12 @@ STATS_JSON = "annotate_stats.json"
 
 def annotator_name(config: AnnotateConfig, engines: Mapping[str, Engine]) -> str:
     head = "+safety_head" if config.safety_head is not None else ""
-    if config.method in ("density_ratio", "ensemble"):
-        kind = "cdr" if config.method == "density_ratio" else "ensemble"
-        return f"{kind}:{engines['strong'].model_id}/{engines['weak'].model_id}{head}"
+    ratio = f"{engines['strong'].model_id}/{engines['weak'].model_id}" if "strong" in config.roles() else None
+    if config.method == "density_ratio":
+        return f"cdr:{ratio}{head}"
+    if config.method == "ensemble":  # its models: strong/weak, the judge, or both (strong/weak+judge)
+        judge = engines["judge"].model_id if "judge" in config.roles() else None
+        return "ensemble:" + "+".join(m for m in (ratio, judge) if m) + head
     if config.method == "reward_model":
         return f"rm:{engines['reward'].model_id}"
     return f"{config.method}:{engines['judge'].model_id}{head}"
@@ -146,16 +149,30 @@ def _density_ratio(config, engines, convs, on_batch) -> list[tuple[dict, _Result
            if config.safety_head is not None else {})})) for c, s in zip(cands, scores)]
 
 
-def _ensemble(config, engines, convs, on_batch, weights: dict) -> list[tuple[dict, _Result]]:
-    cdr = DensityRatio(engines["strong"], engines["weak"], config)
+def _ensemble(config, engines, convs, refs, on_batch, weights: dict) -> list[tuple[dict, _Result]]:
     cands = [c for group in convs.values() for c in group]
-    scores = cdr.score([c["prompt"] for c in cands], [c["response"] for c in cands], on_batch)
+    prompts, responses = [c["prompt"] for c in cands], [c["response"] for c in cands]
+    routes = safety_head.route(config, prompts, responses)
+    scored = ensemble.score_responses(config, engines, prompts, responses, routes, on_batch, references=[
+        refs.get((c["conversation_id"], c["candidate_id"])) for c in cands])
     out = []
-    for c, s in zip(cands, scores):
-        feats = ensemble.response_features(s, c["response"])
-        out.append((c, _Result("ok", ensemble.score(weights, feats), details={
-            "features": {f: feats[f] for f in weights["features"]}, "domain": s.domain,
-            "strong_tokens": s.strong_tokens, "weak_tokens": s.weak_tokens})))
+    for c, s, head, p_safety, to_head in zip(cands, scored, routes.heads, routes.p_safety, routes.to_head):
+        details = ({"route": "safety_head" if to_head else "ensemble", "safety_head": head, "p_safety": p_safety}
+                   if config.safety_head is not None else {})
+        if to_head:
+            out.append((c, _Result("ok", head, details=details)))
+            continue
+        if s.ratio is not None:
+            details.update({"domain": s.ratio.domain, "strong_tokens": s.ratio.strong_tokens,
+                            "weak_tokens": s.ratio.weak_tokens})
+        r = s.rating
+        judged = {} if r is None else {"argmax": r.score_argmax, "expectation": r.score_expectation,
+                                       "rationale": r.rationale, "raw": r.raw}
+        if s.features is None:
+            out.append((c, _Result("failed", error=s.error, details=details, **judged)))
+            continue
+        details["features"] = s.features
+        out.append((c, _Result("ok", ensemble.score(weights, s.features), details=details, **judged)))
     return out
 
 
@@ -194,7 +211,7 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
         convs.setdefault(cand["conversation_id"], []).append(cand)
         if cand.get("origin") == "on_policy" and cand.get("model"):
             generators.add(cand["model"])
-    if config.reference_label and config.method.startswith("judge"):
+    if config.reference_label and "judge" in config.roles():
         for cid, group in convs.items():
             ref = next((c["response"] for c in group if c.get("source_label") == config.reference_label), None)
             for c in group:
@@ -216,7 +233,7 @@ def annotate_shard(candidate_shard: Path, out_dir: Path, config: AnnotateConfig,
     elif config.method == "density_ratio":
         results = _density_ratio(config, engines, convs, tick)
     elif config.method == "ensemble":
-        results = _ensemble(config, engines, convs, tick, weights)
+        results = _ensemble(config, engines, convs, refs, tick, weights)
     else:
         results = _reward_model(config, engines, convs)
     results += [(c, _Result("failed", error="empty_response: nothing to annotate")) for c in empty]

@@ -345,7 +345,7 @@ def gold_agreement(manifest: dict) -> str:
 def routed_scorer(manifest: dict) -> str:
     """What scores the prompts the safety head does not: the method's own scorer."""
     method = ((manifest.get("models") or {}).get("annotator") or {}).get("method")
-    return "the pointwise judge" if method == "judge_pointwise" else "the density ratio"
+    return {"judge_pointwise": "the pointwise judge", "ensemble": "the ensemble"}.get(method, "the density ratio")
 
 
 def safety_head_sentence(manifest: dict) -> str:

@@ -97,7 +97,8 @@ def test_an_ensemble_build_scores_with_the_fitted_weights_recorded_in_the_manife
     manifest = read_manifest(version)
     fit = manifest["annotator_fit"]
     w = fit["weights"]
-    assert w["features"] == list(ensemble.FEATURES) and len(w["coefficients"]) == 5 and w["folds"] == 3
+    assert w["features"] == ["cdr_sum", "cdr_tokens", "strong_tokens", "weak_tokens", "log_chars"]  # the default
+    assert len(w["coefficients"]) == 5 and w["folds"] == 3
     assert fit["gold"]["pairs"] == 30 and fit["gold"]["files"] == ["gold.jsonl"]
     ev = manifest["annotator_eval"]
     assert ev["configured_variant"] == "ensemble" and "best trivial baseline" in ev["verdict"]["sentence"]
@@ -146,6 +147,10 @@ def test_length_controlled_scores_without_the_length_term(tmp_path, real_data, t
     ({"method": "ensemble", "ensemble": {"gold": ["missing.jsonl"]}}, "annotate.ensemble.gold.0: "),
     ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["cdr_sum", "length"]}},
      "annotate.ensemble.features.1"),
+    ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["log_chars"]}},
+     "at least one model's score is needed besides log_chars"),
+    ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["judge", "log_chars"]}},
+     "method ensemble needs models.judge for ensemble.features ['judge', 'log_chars']"),
 ])
 def test_a_bad_ensemble_section_fails_before_any_work_naming_the_field(tmp_path, real_data, annotate, expected):
     hh_slice(real_data, tmp_path / "in.jsonl", 4)
@@ -159,3 +164,37 @@ def test_a_bad_ensemble_section_fails_before_any_work_naming_the_field(tmp_path,
     assert failed.returncode == 2 and expected in failed.stderr and "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "root" / "work").exists()
+
+
+def test_a_judge_output_that_does_not_parse_fails_its_candidate_and_is_never_fitted_on(
+        tmp_path, autoj_candidate_shard, tiny_model_dir):
+    """A random tiny judge writes no rating: every candidate fails with the judge's reason and is in
+    the dropped table; a fit over such features names the cause instead of fitting on nothing."""
+    from pipeline.annotate import AnnotateConfig, annotate_shard
+    from pipeline.engines.hf_engine import TransformersEngine
+    from pipeline.shards import list_shards
+
+    engine = TransformersEngine(tiny_model_dir, model_id="tiny-random")
+    config = AnnotateConfig(method="ensemble", rationale=False, max_tokens=4, retries=0,
+                            models={"judge": {"model": "tiny-random"}},
+                            ensemble={"gold": ["unused.jsonl"], "features": ["judge", "log_chars"]})
+    weights = {"features": ["judge", "log_chars"], "coefficients": [1.0, 0.5], "scales": [1.0, 1.0]}
+    try:
+        stats = annotate_shard(autoj_candidate_shard, tmp_path, config, {"judge": engine}, stage="annotate",
+                               weights=weights)
+    finally:
+        engine.close()
+    rows = pl.read_parquet(list_shards(tmp_path))
+    assert stats.rows_in == 12 and stats.rows_dropped == 12 and set(rows["status"]) == {"failed"}
+    assert all(e.startswith("unparseable_judge_output") for e in rows["error"]) and rows["score"].null_count() == 12
+    dropped = pl.read_parquet(list_shards(tmp_path, "dropped-annotate"))
+    assert dropped.height == 12 and set(dropped["reason"]) == {"unparseable_judge_output"}
+
+    a, b, labels = synthetic(40, 3)
+    a[:, 0] = np.nan  # no judge rating for any pair
+    with pytest.raises(ValueError, match="0 gold pairs without a tie"):
+        ensemble.fit(a, b, labels, NAMES, folds=5)
+    a[:20, 0] = 1.0  # half the pairs rated: fitted on those, the rest failed
+    fitted = ensemble.fit(a, b, labels, NAMES, folds=2, seed=0)
+    assert fitted["verdicts"]["ensemble"][20:] == ["failed"] * 20
+    assert fitted["weights"]["decisive_pairs"] == sum(x != "tie" for x in labels[:20])

@@ -146,8 +146,8 @@ def test_a_malformed_head_file_fails_the_build_before_any_work_naming_the_field(
     assert not (tmp_path / "root/work").exists() or not any((tmp_path / "root/work").rglob("part-*.parquet"))
 
 
-def test_only_the_density_ratio_and_the_pointwise_judge_take_a_safety_head():
-    with pytest.raises(ValueError, match="safety_head: only methods density_ratio and judge_pointwise"):
+def test_only_the_density_ratio_the_pointwise_judge_and_the_ensemble_take_a_safety_head():
+    with pytest.raises(ValueError, match="safety_head: only methods density_ratio, judge_pointwise and ensemble"):
         AnnotateConfig(method="reward_model", models={"reward": {"model": "r"}},
                        safety_head={"path": str(SHIPPED)})
     assert safety_head.load(str(SHIPPED), 0.9).threshold == 0.9 and safety_head.load(str(SHIPPED)).threshold == 0.5
@@ -278,3 +278,53 @@ def test_the_pointwise_gate_skips_the_judge_on_the_heads_pairs(real_data, rates_
     only_head = evaluate_annotator(config, engines, [p for p, r in zip(pairs, routed) if r], resamples=50,
                                    every_route=False)
     assert only_head["requests"]["engine"] == 0 and only_head["configured_variant"] == "pointwise_expectation"
+
+
+def test_an_ensemble_of_the_judge_and_the_density_ratio_routes_red_team_prompts_to_the_head(
+        tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, rates_four_judge_dir, head):
+    """`annotate.method: ensemble` with the judge's rating as a feature beside the density ratio's and
+    a safety head: the head scores the red-team prompts in the fit, the gate and the build; the
+    ensemble is fitted on, and scores, the rest."""
+    import gzip
+
+    from pipeline.annotate import ensemble
+
+    recipe = _recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, str(SHIPPED))
+    with gzip.open(real_data / "preference/autoj_testdata_pairwise.jsonl.gz", "rb") as f:
+        (tmp_path / "autoj.jsonl").write_bytes(b"".join(line for _, line in zip(range(30), f)))
+    data = yaml.safe_load(recipe.read_text())
+    data["annotate"].update({
+        "method": "ensemble", "rationale": False, "max_tokens": 1,
+        "ensemble": {"gold": ["autoj.jsonl", "gold.jsonl"], "limit": 30, "folds": 3, "resamples": 50,
+                     "features": ["judge", "cdr_tokens", "log_chars"]}})
+    data["annotate"]["models"]["judge"] = {"engine": "transformers", "model": str(rates_four_judge_dir)}
+    recipe.write_text(yaml.safe_dump(data))
+    root = tmp_path / "root"
+    cli("build", str(recipe), "--data-root", str(root))
+    manifest = read_manifest(root / "datasets/routed/v0001")
+    fit = manifest["annotator_fit"]
+    w, pairs = fit["weights"], fit["gold"]["pairs"]
+    assert w["features"] == ["judge", "cdr_tokens", "log_chars"]
+    routed = fit["safety_head_pairs"]
+    assert pairs + sum(fit["gold"]["rejected"].values()) == 30 + 8  # every gold row is a pair or rejected
+    assert 0 < routed < pairs and w["pairs"] == pairs - routed  # fitted on the rest
+    assert fit["requests"]["engine"] == 3 * 2 * (pairs - routed)  # strong, weak and judge; none for the head
+    assert fit["annotator"].startswith("ensemble:") and fit["annotator"].endswith("+safety_head")
+    assert set(fit["models"]) == {"strong", "weak", "judge"} and "judge" in manifest["models"]
+    assert manifest["annotator_eval"]["gate"]["passed"]
+
+    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
+    assert set(rows["status"]) == {"ok"} and set(rows["method"]) == {"ensemble"}
+    routes: dict[str, set[str]] = {}
+    for row in rows.iter_rows(named=True):
+        d = json.loads(row["details"])
+        routes.setdefault(row["conversation_id"], set()).add(d["route"])
+        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+        if d["route"] == "safety_head":
+            assert row["score"] == pytest.approx(d["safety_head"]) and "features" not in d and row["raw"] is None
+        else:  # the rigged judge answers [[4]]; its expected rating is the feature
+            assert row["raw"] == "[[4]]" and d["features"]["judge"] == pytest.approx(row["score_expectation"])
+            assert row["score"] == pytest.approx(ensemble.score(w, d["features"]))
+    assert all(len(r) == 1 for r in routes.values()) and set().union(*routes.values()) == {"ensemble", "safety_head"}
+    card = (root / "datasets/routed/v0001/README.md").read_text()
+    assert "scored instead of the ensemble" in card and "The annotator is an ensemble" in card
