@@ -526,7 +526,8 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
 
     import numpy as np
 
-    from pipeline.annotate.eval import bootstrap_ci, difference_resampled, resample_indices
+    from pipeline.annotate.baselines import _difference
+    from pipeline.annotate.eval import resample_indices
 
     pairs = pooled_pairs(n, seed)
     head, k = refitted_head(n, seed)
@@ -564,10 +565,7 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
                 out["variants"][label] = report["variants"][variant]
                 fit, _ = _fit_entry(label, pairs, verdicts, report["weights"], seed)
                 out["fits"][label] = fit
-                v = np.asarray(verdicts, dtype=object)
-                point = float(difference_resampled(gold, v, judge, np.arange(len(pairs))[None, :])[0])
-                out["paired_vs_judge_alone"][label] = {
-                    "difference": point, "ci95": bootstrap_ci(lambda i: difference_resampled(gold, v, judge, i), idx)}
+                out["paired_vs_judge_alone"][label] = _difference(gold, np.asarray(verdicts, dtype=object), judge, idx)
             out["requests"] = report["requests"]
             out["safety_head_pairs"] = report["safety_head_pairs"]
     out["requests"]["cache"] = "(the --cache directory)"
