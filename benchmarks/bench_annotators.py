@@ -427,9 +427,21 @@ def _weights(w: dict, shown: int = 12) -> str:
     return ", ".join([*(f"{f} {c:+.3f}" for f, c in named), *([f"{hidden} embedding weights (in the JSON)"] if hidden else [])])
 
 
+def _baseline_rows(fit: dict, files: list[str], blanks: str, end: str) -> list[str]:
+    """A table row per trivial baseline of `fit` (a fits entry): pooled accuracy, `blanks` for the
+    columns it has no value in, then each file's accuracy."""
+    from pipeline.annotate.baselines import TRIVIAL
+    from pipeline.annotate.eval import _fmt
+
+    by = fit["by_file"] or {}
+    return [f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])} "
+            + blanks + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + end
+            for key, label in TRIVIAL.items() for t in [fit["baselines"]["trivial"][key]]]
+
+
 def pooled_markdown(report: dict) -> str:
     """The pooled report as Markdown: one row per annotator, pooled and per file, and held out."""
-    from pipeline.annotate.baselines import TRIVIAL, _diff
+    from pipeline.annotate.baselines import _diff
     from pipeline.annotate.eval import _fmt
 
     files = report["files"]
@@ -456,11 +468,7 @@ def pooled_markdown(report: dict) -> str:
             lines.append(f"| {label} | "
                          f"{_fmt(m['accuracy_excluding_ties'], m['ci95']['accuracy_excluding_ties'])} | "
                          f"{_diff(diff) if diff else ''} | " + " | " * (len(files) - 1) + " | |")
-    for key, label in TRIVIAL.items():
-        t = first["baselines"]["trivial"][key]
-        by = first["by_file"] or {}
-        lines.append(f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])}"
-                     f" | | " + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + " | |")
+    lines += _baseline_rows(first, files, "| | ", " | |")
     lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: " + _weights(fit["weights"])
                     for name, fit in report["fits"].items())]
     return "\n".join(lines) + "\n"
@@ -575,7 +583,7 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
 def judge_ensemble_markdown(report: dict) -> str:
     """One row per ensemble variant: pooled accuracy, paired differences against the best trivial
     baseline and against the judge alone, per file; the trivial baselines; the fitted weights."""
-    from pipeline.annotate.baselines import TRIVIAL, _diff
+    from pipeline.annotate.baselines import _diff
     from pipeline.annotate.eval import _fmt
 
     files = report["files"]
@@ -594,11 +602,7 @@ def judge_ensemble_markdown(report: dict) -> str:
                      f"{_diff({'difference': fit['verdict']['difference'], 'ci95': fit['verdict']['ci95']})} | "
                      f"{_diff(report['paired_vs_judge_alone'][name])} | "
                      + " | ".join(_fmt(by.get(f, {}).get("annotator")) for f in files) + " |")
-    for key, label in TRIVIAL.items():
-        t = first["baselines"]["trivial"][key]
-        by = first["by_file"] or {}
-        lines.append(f"| baseline: {label} | {_fmt(t['accuracy_excluding_ties'], t['ci95']['accuracy_excluding_ties'])}"
-                     f" | | | " + " | ".join(_fmt(by.get(f, {}).get("baselines", {}).get(key)) for f in files) + " |")
+    lines += _baseline_rows(first, files, "| | | ", " |")
     lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: " + _weights(fit["weights"])
                     for name, fit in report["fits"].items() if name.endswith(": ensemble"))]
     return "\n".join(lines) + "\n"

@@ -219,6 +219,20 @@ def _pointwise(recipe: Path, judge: Path) -> Path:
     return recipe
 
 
+def _routed_annotations(root: Path, head) -> list[tuple[dict, dict]]:
+    """(row, details) of every annotation of the `routed` build, after checking that the router's
+    threshold decided each route and that each conversation has one scorer."""
+    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
+    out = [(row, json.loads(row["details"])) for row in rows.iter_rows(named=True)]
+    routes: dict[str, set[str]] = {}
+    for row, d in out:
+        routes.setdefault(row["conversation_id"], set()).add(d["route"])
+        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+    assert all(len(r) == 1 for r in routes.values())  # one scorer per conversation: pairs compare like with like
+    assert {"safety_head"} < set().union(*routes.values())  # both routes taken
+    return out
+
+
 def test_a_pointwise_judge_build_routes_red_team_prompts_to_the_head(
         tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, rates_four_judge_dir, head):
     """The same route with the pointwise judge as the helpfulness scorer: the head's candidates are
@@ -227,21 +241,17 @@ def test_a_pointwise_judge_build_routes_red_team_prompts_to_the_head(
                         rates_four_judge_dir)
     root = tmp_path / "root"
     cli("build", str(recipe), "--data-root", str(root))
-    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
-    assert set(rows["status"]) == {"ok"} and all(
-        a.startswith("judge_pointwise:") and a.endswith("+safety_head") for a in rows["annotator"])
-    routes: dict[str, set[str]] = {}
-    for row in rows.iter_rows(named=True):
-        d = json.loads(row["details"])
-        routes.setdefault(row["conversation_id"], set()).add(d["route"])
-        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+    rows = _routed_annotations(root, head)
+    assert {r["status"] for r, _ in rows} == {"ok"} and all(
+        r["annotator"].startswith("judge_pointwise:") and r["annotator"].endswith("+safety_head") for r, _ in rows)
+    for row, d in rows:
         if d["route"] == "safety_head":
             assert row["score"] == pytest.approx(d["safety_head"]) and row["raw"] is None
         else:  # the rigged judge answers [[4]] (then 5, then 2 in probability)
             assert row["raw"] == "[[4]]" and row["score_argmax"] == 4.0 and 2 < row["score"] < 5
-    assert all(len(r) == 1 for r in routes.values()) and {"judge", "safety_head"} <= set().union(*routes.values())
+    assert {d["route"] for _, d in rows} == {"judge", "safety_head"}
     record = read_manifest(root / "datasets/routed/v0001")["models"]["safety_head"]
-    scored = sum(json.loads(d)["route"] == "safety_head" for d in rows["details"])
+    scored = sum(d["route"] == "safety_head" for _, d in rows)
     assert record["candidates_scored"] == scored
     card = (root / "datasets/routed/v0001/README.md").read_text()
     assert f"scored instead of the pointwise judge: {scored} candidates of this build" in card
@@ -313,18 +323,14 @@ def test_an_ensemble_of_the_judge_and_the_density_ratio_routes_red_team_prompts_
     assert set(fit["models"]) == {"strong", "weak", "judge"} and "judge" in manifest["models"]
     assert manifest["annotator_eval"]["gate"]["passed"]
 
-    rows = pl.read_parquet(sorted((root / "work/routed/annotate").rglob("part-*.parquet")))
-    assert set(rows["status"]) == {"ok"} and set(rows["method"]) == {"ensemble"}
-    routes: dict[str, set[str]] = {}
-    for row in rows.iter_rows(named=True):
-        d = json.loads(row["details"])
-        routes.setdefault(row["conversation_id"], set()).add(d["route"])
-        assert (d["route"] == "safety_head") == (d["p_safety"] >= head.threshold)
+    rows = _routed_annotations(root, head)
+    assert {r["status"] for r, _ in rows} == {"ok"} and {r["method"] for r, _ in rows} == {"ensemble"}
+    for row, d in rows:
         if d["route"] == "safety_head":
             assert row["score"] == pytest.approx(d["safety_head"]) and "features" not in d and row["raw"] is None
         else:  # the rigged judge answers [[4]]; its expected rating is the feature
             assert row["raw"] == "[[4]]" and d["features"]["judge"] == pytest.approx(row["score_expectation"])
             assert row["score"] == pytest.approx(ensemble.score(w, d["features"]))
-    assert all(len(r) == 1 for r in routes.values()) and set().union(*routes.values()) == {"ensemble", "safety_head"}
+    assert {d["route"] for _, d in rows} == {"ensemble", "safety_head"}
     card = (root / "datasets/routed/v0001/README.md").read_text()
     assert "scored instead of the ensemble" in card and "The annotator is an ensemble" in card
