@@ -222,6 +222,7 @@ def test_a_hub_id_is_known_by_the_cached_snapshot_it_loads(tmp_path, monkeypatch
     import huggingface_hub.constants
 
     from pipeline.engines.identity import model_identity
+    from pipeline.engines.packaged import ModelSpec, resolve
     from pipeline.recipe import load_recipe
 
     hub = tmp_path / "hub"
@@ -243,11 +244,18 @@ def test_a_hub_id_is_known_by_the_cached_snapshot_it_loads(tmp_path, monkeypatch
     def key() -> str:
         return load_recipe(tmp_path / "r.yaml").stage_config("annotate")
 
-    assert model_identity("acme/rm") == "acme/rm"
+    assert model_identity("acme/rm") == "acme/rm" and resolve("acme/rm") == "acme/rm"  # a hub fetches it
     uncached = key()
     upload("a" * 40)
     assert model_identity("acme/rm") == "acme/rm@" + "a" * 12 and model_identity("acme/policy") == "acme/policy"
+    assert resolve("acme/rm") == str(repo / "snapshots" / ("a" * 40))  # the engines load what the key names
     first = key()
     assert first != uncached and key() == first
     upload("b" * 40)
     assert model_identity("acme/rm") == "acme/rm@" + "b" * 12 and key() != first
+    assert resolve("acme/rm") == str(repo / "snapshots" / ("b" * 40))
+    # a registry entry that names a hub id: the same commit in its identity and its load
+    registry = {"rm": ModelSpec(source="hub", id="acme/rm")}
+    assert resolve("rm", registry) == str(repo / "snapshots" / ("b" * 40))
+    monkeypatch.setattr("pipeline.engines.packaged.load_registry", lambda: registry)
+    assert model_identity("rm") == "rm@" + "b" * 12

@@ -44,22 +44,30 @@ def directory_digest(path: str | Path) -> str:
     return _digest(str(root), _signature(root))
 
 
-def hub_revision(repo_id: str) -> str | None:
-    """The commit (12 hex digits) of the snapshot `main` points to in the local Hugging Face cache,
-    or None (not cached, or not a hub id)."""
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The directory of the snapshot `main` points to in the local Hugging Face cache, or None (not
+    cached, or not a hub id). The engines load a cached hub id from it, so what runs is the commit
+    its identity names, never a newer upload fetched while online."""
     from huggingface_hub import try_to_load_from_cache
 
     try:
         found = try_to_load_from_cache(repo_id, "config.json")
     except ValueError:  # HFValidationError: not a repo id
         return None
-    return Path(found).parent.name[:12] if isinstance(found, str) else None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def hub_revision(repo_id: str) -> str | None:
+    """The commit (12 hex digits) of `hub_snapshot(repo_id)`, or None."""
+    snapshot = hub_snapshot(repo_id)
+    return snapshot.name[:12] if snapshot is not None else None
 
 
 def model_identity(name_or_path: str | Path, engine: str | None = None) -> str:
     """`<dir name>@<digest>` for a local model directory, `<name>@<digest>` for a registry entry
     with `source: local` (of its directory) or a packaged one (of its spec: `spec_digest`),
-    `<hub id>@<commit>` for a hub id in the local cache, else the name as written (with `engine`
+    `<hub id>@<commit>` for a hub id (or a registry entry with `source: hub`) in the local cache, the
+    snapshot the engines load (`hub_snapshot`), else the name as written (with `engine`
     "http", always: a served model's name is no path)."""
     from pipeline.engines.packaged import load_registry, spec_digest
 
@@ -73,5 +81,6 @@ def model_identity(name_or_path: str | Path, engine: str | None = None) -> str:
         return f"{name_or_path}@{directory_digest(spec.path)}"
     if spec is not None and spec.source.startswith("gguf"):
         return f"{name_or_path}@{spec_digest(spec)}"
-    revision = hub_revision(str(name_or_path)) if spec is None else None
+    hub_id = str(name_or_path) if spec is None else spec.id if spec.source == "hub" else None
+    revision = hub_revision(hub_id) if hub_id else None
     return f"{name_or_path}@{revision}" if revision else str(name_or_path)

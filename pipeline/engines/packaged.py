@@ -65,7 +65,10 @@ def load_registry(path: str | Path | None = None) -> dict[str, ModelSpec]:
 
 def resolve(name_or_path: str | Path, registry: dict[str, ModelSpec] | None = None) -> str:
     """A loadable model location: an existing directory as is, a registry name (converted on first
-    use), or a hub id ("org/name") passed through for machines that have a hub."""
+    use), or a hub id ("org/name"): the snapshot of it in the local Hugging Face cache that its
+    identity names (`identity.hub_snapshot`), else the id, for machines that have a hub."""
+    from pipeline.engines.identity import hub_snapshot
+
     candidate = Path(name_or_path).expanduser()
     if candidate.is_dir():
         return str(candidate)
@@ -76,10 +79,10 @@ def resolve(name_or_path: str | Path, registry: dict[str, ModelSpec] | None = No
         if spec.source == "local":
             return str(Path(spec.path).expanduser())  # type: ignore[arg-type]
         if spec.source == "hub":
-            return spec.id  # type: ignore[return-value]
+            return str(hub_snapshot(spec.id) or spec.id)
         return str(ensure_model(name, spec))
     if "/" in name and not name.startswith((".", "/", "~")):
-        return name
+        return str(hub_snapshot(name) or name)
     raise ModelNotFound(f"model {name!r} is neither a directory nor in the registry "
                         f"({', '.join(sorted(specs))})")
 
