@@ -47,6 +47,7 @@ PATH_FIELDS: dict[str, str | None] = {
     "annotate.gate.gold": "file",
     "annotate.ensemble.gold.*": "file",
     "annotate.safety_head.path": "file",
+    "annotate.ensemble.weights": "file",
 }
 # Model fields: a value written as a path ("./m", "../m", "~/m", "/m") names a local model directory,
 # relative to the recipe like every path; anything else is a registry name, hub id or served name.
@@ -179,10 +180,10 @@ class Recipe(Strict):
         data = self.keyed()
         if data.get("annotate"):  # the gate decides whether a stage runs, never what it writes
             data["annotate"] = {k: v for k, v in data["annotate"].items() if k != "gate"}
-            if data["annotate"].get("ensemble"):  # where the gold lies does not matter: the stage
-                # adds the weights fitted on it (AnnotateStage.config)
+            if data["annotate"].get("ensemble"):  # where the gold or the fit file lies does not
+                # matter: the stage adds the weights fitted on it or read from it (AnnotateStage.config)
                 data["annotate"]["ensemble"] = {k: v for k, v in data["annotate"]["ensemble"].items()
-                                                if k != "gold"}
+                                                if k not in ("gold", "weights")}
         chosen = {s: data.get(s) for s in sections}
         return canonical_json({**chosen, "files": self.file_hashes(chosen)})
 
@@ -286,11 +287,15 @@ def _check_file_contents(data: dict, source: str) -> None:
     """Files a stage would read late are read now: a malformed one fails before any work."""
     from pipeline.annotate import safety_head
 
-    for loc, obj, key in fields_at(data, "annotate.safety_head.path"):
-        try:
-            safety_head.load(obj[key])
-        except ValueError as err:
-            raise RecipeError(f"{source}: {loc}: {err}") from None
+    from pipeline.annotate import ensemble_fit
+
+    for pattern, load in (("annotate.safety_head.path", safety_head.load),
+                          ("annotate.ensemble.weights", ensemble_fit.read_fit)):
+        for loc, obj, key in fields_at(data, pattern):
+            try:
+                load(obj[key])
+            except ValueError as err:
+                raise RecipeError(f"{source}: {loc}: {err}") from None
 
 
 def parse_recipe(data: object, source: str = "<recipe>", base_dir: Path | None = None,

@@ -88,10 +88,15 @@ class GateConfig(Strict):
 
 
 class EnsembleConfig(Strict):
-    """`annotate.ensemble`: the features combined and the gold pairs their weights are fitted on."""
+    """`annotate.ensemble`: the features combined and the gold pairs their weights are fitted on (or
+    a fit file written earlier, `weights`)."""
 
-    gold: list[str] = Field(min_length=1, description="gold pair files (any format `eval-annotator --gold` "
-                                                      "reads), relative to the recipe; pooled for the fit")
+    gold: list[str] = Field(default_factory=list, description="gold pair files (any format `eval-annotator "
+                                                              "--gold` reads), relative to the recipe; pooled "
+                                                              "for the fit")
+    weights: str | None = Field(None, description="instead of gold: a fit file (`python -m "
+                                                  "pipeline.annotate.ensemble_fit`), relative to the recipe; "
+                                                  "its weights score as they are, nothing is fitted")
     format: str = Field("auto", description="the gold files' format (as eval-annotator --format)")
     limit: int | None = Field(100, ge=2, description="fixed random sample of this many pairs per gold file")
     seed: int = Field(0, description="seed of the samples, the A/B order and the folds")
@@ -103,6 +108,12 @@ class EnsembleConfig(Strict):
     folds: int = Field(5, ge=2, le=20, description="cross-validation folds of the reported accuracy")
     regularization: float = Field(1.0, gt=0, description="inverse L2 strength (C) of the logistic regression")
     resamples: int = Field(1000, ge=0, description="bootstrap resamples of the reported CIs")
+
+    @model_validator(mode="after")
+    def _source(self) -> "EnsembleConfig":
+        if bool(self.gold) == (self.weights is not None):
+            raise ValueError("give either gold (files to fit on) or weights (a fit file), not both or neither")
+        return self
 
 
 class SafetyHeadConfig(Strict):

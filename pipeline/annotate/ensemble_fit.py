@@ -122,11 +122,74 @@ def report_path(config: AnnotateConfig, work_root: Path) -> Path:
     return Path(work_root) / "ensemble" / f"{key}.json"
 
 
+FIT_FORMAT = "prefpipe-ensemble-fit/1"
+# The annotate settings that decide what a feature means: a fit file serves a recipe that has the same.
+SCORING_FIELDS = ("method", "aspects", "criteria", "expectation", "length_norm", "max_tokens", "rating_max",
+                  "rating_min", "rationale", "reference_label", "retries", "retry_temperature", "seed",
+                  "temperature", "templates", "top_logprobs")
+
+
+def fitted_for(config: AnnotateConfig) -> dict:
+    """What a fit's weights are valid for: the features, each model the features read (by identity)
+    and the settings that shape their scores (templates by their bytes)."""
+    keyed = config.content_key()
+    return {"features": list(config.ensemble.features), "length_controlled": config.ensemble.length_controlled,
+            "models": {role: keyed["models"][role]["model"] for role in config.roles()},
+            **{f: keyed[f] for f in SCORING_FIELDS},
+            "files": {k: v for k, v in keyed["files"].items() if k.startswith("annotate.templates")}}
+
+
+def read_fit(path: str) -> dict:
+    """The fit report in a fit file (`write_fit`); a malformed file raises ValueError naming the file
+    and the field."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not a readable ensemble fit file ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != FIT_FORMAT:
+        raise ValueError(f"{path}: format must be {FIT_FORMAT!r}")
+    w = data.get("weights")
+    if not isinstance(w, dict) or not all(isinstance(w.get(k), list) for k in ("features", "coefficients", "scales")) \
+            or not len(w["features"]) == len(w["coefficients"]) == len(w["scales"]):
+        raise ValueError(f"{path}: weights must have features, coefficients and scales of one length")
+    for key in ("fitted_for", "configured_variant", "verdict", "gold"):
+        if key not in data:
+            raise ValueError(f"{path}: {key} is missing")
+    return data
+
+
+def check_fit(report: dict, config: AnnotateConfig, path: str) -> None:
+    """ValueError naming the first setting in which `config` differs from what the fit file's
+    weights were fitted for."""
+    want, have = fitted_for(config), report["fitted_for"]
+    for key in sorted(set(want) | set(have)):
+        if want.get(key) != have.get(key):
+            raise ValueError(f"annotate.ensemble.weights: {path} was fitted for {key} = {have.get(key)!r}, the recipe "
+                             f"has {want.get(key)!r}; refit it on gold pairs (annotate.ensemble.gold, or python -m "
+                             "pipeline.annotate.ensemble_fit) for this annotator")
+
+
+def write_fit(report: dict, config: AnnotateConfig, out: Path, fitted_on: dict) -> Path:
+    """A fit file of `report` (fit_report's, with its "gold"): the weights, the out-of-fold numbers,
+    what they are valid for (`fitted_for`) and what they were fitted on (`fitted_on`: gold files,
+    their sha256 and licences); no local path."""
+    data = {k: v for k, v in report.items() if k not in ("config", "requests", "verdicts")}
+    data.update({"format": FIT_FORMAT, "fitted_for": fitted_for(config), "fitted_on": fitted_on})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return out
+
+
 def measure(config: AnnotateConfig, work_root: Path, engines: Mapping[str, Engine] | None = None) -> dict:
-    """The ensemble's fit report for this configuration (fitted now, or read back when nothing
-    changed); engines are opened for the fit when not given."""
+    """The ensemble's fit report for this configuration: fitted now, read back when nothing changed,
+    or read from its fit file (`annotate.ensemble.weights`, checked against the configuration);
+    engines are opened for a fit when not given."""
     from pipeline.annotate.eval import annotator_engines
 
+    if (weights := config.ensemble.weights) is not None:
+        report = read_fit(weights)
+        check_fit(report, config, Path(weights).name)
+        return {**report, "fit_file": Path(weights).name}
     path = report_path(config, work_root)
     if path.is_file():
         return json.loads(path.read_text())
@@ -162,5 +225,34 @@ def sentence(report: dict) -> str:
     """One line for the build log: the fit, its out-of-fold accuracy and the verdict."""
     w = report["weights"]
     terms = ", ".join(f"{f} {c:+.2f}" for f, c in zip(w["features"], w["coefficients"]))
-    return (f"ensemble fitted on {w['decisive_pairs']} gold pairs of {report['gold']['path']} "
+    source = f"ensemble weights from {report['fit_file']}, " if report.get("fit_file") else "ensemble "
+    return (f"{source}fitted on {w['decisive_pairs']} gold pairs of {report['gold']['path']} "
             f"({w['folds']}-fold): {terms}. {report['verdict']['sentence']}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Fit a recipe's ensemble on its `annotate.ensemble.gold` and write a fit file for
+    `annotate.ensemble.weights`."""
+    import argparse
+
+    from pipeline.ids import file_sha256
+    from pipeline.recipe import load_recipe
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.annotate.ensemble_fit", description=main.__doc__)
+    ap.add_argument("recipe", type=Path, help="a recipe whose annotate.ensemble names gold files")
+    ap.add_argument("--out", type=Path, required=True, help="the fit file to write")
+    ap.add_argument("--work", type=Path, default=Path.home() / ".cache" / "prefpipe" / "ensemble-fit",
+                    help="where the gold pairs' scores are cached")
+    ap.add_argument("--licence", action="append", default=[], help="licence note of a gold source, for the file")
+    args = ap.parse_args(argv)
+    config = load_recipe(args.recipe).annotate
+    if config is None or config.ensemble is None or not config.ensemble.gold:
+        raise SystemExit(f"{args.recipe}: annotate.ensemble.gold: the recipe names no gold files to fit on")
+    report = measure(config, args.work)
+    files = [{"file": Path(g).name, "sha256": file_sha256(Path(g))} for g in config.ensemble.gold]
+    write_fit(report, config, args.out, {"files": files, "licences": args.licence})
+    print(f"{args.out}: {sentence(report)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -334,6 +334,10 @@ def gold_agreement(manifest: dict) -> str:
                  f"regression on {w['decisive_pairs']} gold pairs without a tie ({terms}"
                  + ("; the length term is dropped when scoring" if fit["configured_variant"] == "length_controlled"
                     else "") + f"); its accuracy above is out of fold ({w['folds']}-fold cross-validation).")
+        if fit.get("fit_file"):
+            licences = "; ".join(esc(x) for x in (fit.get("fitted_on") or {}).get("licences") or []) or "not recorded"
+            text += (f" The weights were read from the fit file `{esc(fit['fit_file'])}` (fitted on "
+                     f"{esc(fit['gold'].get('path', '?'))}; gold sources' licences: {licences}), not fitted in this build.")
     text += safety_head_sentence(manifest)
     if (g := ev.get("gate")):
         text += (f" The recipe's annotator gate asks for {percent(g['min_accuracy'])}: "

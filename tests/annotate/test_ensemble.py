@@ -147,6 +147,8 @@ def test_length_controlled_scores_without_the_length_term(tmp_path, real_data, t
     ({"method": "ensemble", "ensemble": {"gold": ["missing.jsonl"]}}, "annotate.ensemble.gold.0: "),
     ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["cdr_sum", "length"]}},
      "annotate.ensemble.features.1"),
+    ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "weights": "gold.jsonl"}},
+     "give either gold (files to fit on) or weights (a fit file), not both or neither"),
     ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["log_chars"]}},
      "at least one model's score is needed besides log_chars"),
     ({"method": "ensemble", "ensemble": {"gold": ["gold.jsonl"], "features": ["judge", "log_chars"]}},
@@ -198,3 +200,68 @@ def test_a_judge_output_that_does_not_parse_fails_its_candidate_and_is_never_fit
     fitted = ensemble.fit(a, b, labels, NAMES, folds=2, seed=0)
     assert fitted["verdicts"]["ensemble"][20:] == ["failed"] * 20
     assert fitted["weights"]["decisive_pairs"] == sum(x != "tie" for x in labels[:20])
+
+
+def test_a_fit_file_scores_as_the_fit_it_came_from_without_fitting_again(
+        tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir):
+    """`python -m pipeline.annotate.ensemble_fit` writes a recipe's fit; a recipe naming it as
+    `annotate.ensemble.weights` annotates with exactly those weights and fits nothing; a fit file for
+    another annotator fails before any work, naming the field and the setting that differs."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    recipe = ensemble_recipe(tmp_path, real_data, tiny_model_dir, tiny_weak_model_dir, "fitted",
+                             features=["cdr_tokens", "log_chars"])
+    fit_file = tmp_path / "fits" / "tiny.json"
+    made = subprocess.run([sys.executable, "-m", "pipeline.annotate.ensemble_fit", str(recipe), "--out", str(fit_file),
+                           "--work", str(tmp_path / "fit-work"), "--licence", "hh-rlhf: MIT"],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    assert "ensemble fitted on" in made.stdout
+    fit = json.loads(fit_file.read_text())
+    assert fit["format"] == "prefpipe-ensemble-fit/1" and fit["fitted_on"]["licences"] == ["hh-rlhf: MIT"]
+    assert fit["fitted_for"]["features"] == ["cdr_tokens", "log_chars"] and str(tmp_path) not in fit_file.read_text()
+
+    data = yaml.safe_load(recipe.read_text())
+    data["annotate"]["ensemble"] = {"weights": "fits/tiny.json", "features": ["cdr_tokens", "log_chars"]}
+    recipe.write_text(yaml.safe_dump(data))
+    root = tmp_path / "root"
+    built = cli("build", str(recipe), "--data-root", str(root))
+    assert "ensemble weights from tiny.json, fitted on" in built.stdout + built.stderr
+    assert not (root / "work/fitted/ensemble").exists()  # nothing fitted
+    manifest = read_manifest(root / "datasets/fitted/v0001")
+    assert manifest["annotator_fit"]["weights"] == fit["weights"] and manifest["annotator_fit"]["fit_file"] == "tiny.json"
+    annotations = pl.read_parquet(sorted((root / "work/fitted/annotate").rglob("part-*.parquet")))
+    for row in annotations.iter_rows(named=True):
+        assert row["score"] == pytest.approx(ensemble.score(fit["weights"], json.loads(row["details"])["features"]))
+    card = (root / "datasets/fitted/v0001/README.md").read_text()
+    assert "read from the fit file `tiny.json`" in card and "hh-rlhf: MIT" in card
+
+    data["annotate"]["ensemble"]["features"] = ["cdr_sum", "log_chars"]  # not what the file was fitted for
+    recipe.write_text(yaml.safe_dump(data))
+    failed = cli("build", str(recipe), "--data-root", str(tmp_path / "other"), check=False)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "annotate.ensemble.weights: tiny.json was fitted for features = ['cdr_tokens', 'log_chars']" in line
+    assert not any((tmp_path / "other").rglob("part-*.parquet"))
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("not json", "not a readable ensemble fit file"),
+    (json.dumps({"format": "prefpipe-ensemble-fit/1", "weights": {"features": ["a"], "coefficients": [],
+                                                                  "scales": [1]}}), "weights must have"),
+    (json.dumps({"format": "something/1"}), "format must be"),
+])
+def test_a_malformed_fit_file_fails_the_recipe_naming_the_field(tmp_path, real_data, content, expected):
+    hh_slice(real_data, tmp_path / "in.jsonl", 4)
+    (tmp_path / "fit.json").write_text(content)
+    recipe = {"inputs": [{"path": "in.jsonl", "license": "MIT"}], "generate": {"include_source_responses": True},
+              "annotate": {"method": "ensemble", "models": {"strong": {"model": "s"}, "weak": {"model": "w"}},
+                           "ensemble": {"weights": "fit.json"}},
+              "pairs": {"rule": "best_vs_worst"}, "output": {"dataset": "bad"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(recipe))
+    failed = cli("build", str(tmp_path / "bad.yaml"), "--data-root", str(tmp_path / "root"), check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert "annotate.ensemble.weights: " in failed.stderr and expected in failed.stderr
