@@ -525,7 +525,12 @@ JUDGE_ENSEMBLES = {
 }
 
 
-def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
+GOLD_LICENCES = ["autoj_testdata_pairwise.jsonl.gz: GAIR-NLP/auto-j test set, no licence file in the repo",
+                 "alpaca_eval_...gpt4-judge_annotations.json.gz: tatsu-lab/alpaca_eval, CC BY-NC 4.0 (data)",
+                 "hh-rlhf_harmless-base_test.jsonl.gz: anthropics/hh-rlhf, MIT"]
+
+
+def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: dict[str, Path] | None = None) -> dict:
     """Each ensemble of JUDGE_ENSEMBLES named in `names` through `ensemble_fit.fit_report` as a build
     fits it (5-fold out of fold, safety head refitted outside the sample scoring its router's pairs),
     with the paired difference of each variant against the judge alone (the demo's annotator since
@@ -566,6 +571,17 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str]) -> dict:
                 for e in {id(e): e for e in engines.values()}.values():
                     e.close()
             out["scoring_seconds"][name] = round(time.perf_counter() - t0, 1)
+            if name in (write_fit or {}):  # the fit as a file a recipe can name (annotate.ensemble.weights)
+                from pipeline.ids import file_sha256
+
+                report["gold"] = {"path": f"{n} pairs of each of {len(GOLD_FILES)} files, pooled", "pairs": len(pairs),
+                                  "files": [p.name for p in GOLD_FILES], "seed": seed, "rejected": {}}
+                ensemble_fit.write_fit(report, config, write_fit[name], {
+                    "files": [{"file": p.name, "sha256": file_sha256(p)} for p in GOLD_FILES],
+                    "sample": f"the first {n} pairs of each file's seed-{seed} shuffle (bench_annotators.pooled_pairs)",
+                    "safety_head": f"refitted on the {k} hh-rlhf pairs outside the sample, for the fit's routes",
+                    "command": f"benchmarks/bench_annotators.py judge-ensemble --pairs {n} --write-fit ...",
+                    "licences": GOLD_LICENCES})
             runs = report.pop("verdicts")
             judge = np.asarray(runs["judge alone"], dtype=object)
             for variant, verdicts in runs.items():
@@ -623,9 +639,12 @@ def main() -> None:
                     help="pooled: the strong model's criteria system prompt")
     ap.add_argument("--ensembles", nargs="+", default=list(JUDGE_ENSEMBLES), choices=list(JUDGE_ENSEMBLES),
                     help="judge-ensemble: which ensembles to fit")
+    ap.add_argument("--write-fit", nargs=2, action="append", metavar=("ENSEMBLE", "FILE"), default=[],
+                    help="judge-ensemble: also write that ensemble's fit as a fit file (annotate.ensemble.weights)")
     args = ap.parse_args()
     if args.part == "judge-ensemble":
-        report = judge_ensemble(args.pairs, args.seed, args.cache, args.ensembles)
+        report = judge_ensemble(args.pairs, args.seed, args.cache, args.ensembles,
+                                {name: Path(path) for name, path in args.write_fit})
         out = ROOT / "benchmarks" / "results" / f"annotators-pooled-judge-ensemble-{args.pairs}pairs"
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")

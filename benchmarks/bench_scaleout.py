@@ -194,11 +194,11 @@ def uptime() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--conversations", type=int, default=48)
+    ap.add_argument("--conversations", type=int, default=64)
     ap.add_argument("--k", type=int, default=4, help="candidates per conversation")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--hidden", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=48)
+    ap.add_argument("--hidden", type=int, default=640)
+    ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--local", action="store_true", help="also time the local runner (no Dask, torch's own threads)")
     ap.add_argument("--out", type=Path, default=REPO / f"benchmarks/results/scaleout-{datetime.date.today()}.json")
     args = ap.parse_args()

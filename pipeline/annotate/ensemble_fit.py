@@ -123,20 +123,23 @@ def report_path(config: AnnotateConfig, work_root: Path) -> Path:
 
 
 FIT_FORMAT = "prefpipe-ensemble-fit/1"
-# The annotate settings that decide what a feature means: a fit file serves a recipe that has the same.
-SCORING_FIELDS = ("method", "aspects", "criteria", "expectation", "length_norm", "max_tokens", "rating_max",
-                  "rating_min", "rationale", "reference_label", "retries", "retry_temperature", "seed",
-                  "temperature", "templates", "top_logprobs")
+# The annotate settings that decide what a feature means, per model role that reads them: a fit
+# file serves a recipe that has the same.
+SCORING_FIELDS = {"strong": ("criteria", "length_norm"),
+                  "judge": ("aspects", "criteria", "expectation", "max_tokens", "rating_max", "rating_min",
+                            "rationale", "reference_label", "retries", "retry_temperature", "seed",
+                            "temperature", "templates", "top_logprobs")}
 
 
 def fitted_for(config: AnnotateConfig) -> dict:
     """What a fit's weights are valid for: the features, each model the features read (by identity)
-    and the settings that shape their scores (templates by their bytes)."""
-    keyed = config.content_key()
+    and the settings that shape those models' scores (templates by their bytes)."""
+    keyed, roles = config.content_key(), config.roles()
+    fields = sorted({f for role in roles for f in SCORING_FIELDS.get(role, ())})
+    files = {k: v for k, v in keyed["files"].items() if k.startswith("annotate.templates") and "judge" in roles}
     return {"features": list(config.ensemble.features), "length_controlled": config.ensemble.length_controlled,
-            "models": {role: keyed["models"][role]["model"] for role in config.roles()},
-            **{f: keyed[f] for f in SCORING_FIELDS},
-            "files": {k: v for k, v in keyed["files"].items() if k.startswith("annotate.templates")}}
+            "models": {role: keyed["models"][role]["model"] for role in roles},
+            **{f: keyed[f] for f in fields}, "files": files}
 
 
 def read_fit(path: str) -> dict:
