@@ -624,6 +624,15 @@ def judge_ensemble_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_pooled(name: str, report: dict, markdown) -> None:
+    """benchmarks/results/NAME/eval-annotator.{json,md} (the Markdown by `markdown(report)`), printed."""
+    out = ROOT / "benchmarks" / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
+    (out / "eval-annotator.md").write_text(markdown(report))
+    print((out / "eval-annotator.md").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("part", choices=sorted(CONFIGS) + ["cdr-candidates", "pooled", "pooled-mixtures",
@@ -645,11 +654,7 @@ def main() -> None:
     if args.part == "judge-ensemble":
         report = judge_ensemble(args.pairs, args.seed, args.cache, args.ensembles,
                                 {name: Path(path) for name, path in args.write_fit})
-        out = ROOT / "benchmarks" / "results" / f"annotators-pooled-judge-ensemble-{args.pairs}pairs"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-        (out / "eval-annotator.md").write_text(judge_ensemble_markdown(report))
-        print((out / "eval-annotator.md").read_text())
+        _write_pooled(f"annotators-pooled-judge-ensemble-{args.pairs}pairs", report, judge_ensemble_markdown)
         return
     if args.part == "judge-routed":
         report = judge_routed(args.pairs, args.seed, args.cache)
@@ -670,11 +675,7 @@ def main() -> None:
             demo = (args.strong, args.weak, args.engine, args.criteria) == (
                 DEMO_MODELS["strong"]["model"], DEMO_MODELS["weak"]["model"], "transformers", "none")
             tag = "" if demo else f"-{args.strong}-{args.weak}-{args.engine}-{args.criteria}"
-        out = ROOT / "benchmarks" / "results" / f"annotators-pooled{tag}{size}"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval-annotator.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-        (out / "eval-annotator.md").write_text(pooled_markdown(report))
-        print((out / "eval-annotator.md").read_text())
+        _write_pooled(f"annotators-pooled{tag}{size}", report, pooled_markdown)
         return
     pairs, rejected = load_gold(GOLD, limit=args.pairs, seed=args.seed)
     if args.part == "cdr-candidates":
