@@ -505,7 +505,7 @@ def judge_routed(n: int, seed: int, cache: Path) -> dict:
         engines = annotator_engines(config)
         t0 = time.perf_counter()
         report = evaluate_annotator(config, engines, pairs, 1000, cache_dir=cache,
-                                    progress_label="pointwise judge", every_route=False)
+                                    every_route=False)  # no progress_label: a line per tenth on stderr
         report["scoring_seconds"] = round(time.perf_counter() - t0, 1)
         for e in {id(e): e for e in engines.values()}.values():
             e.close()
@@ -566,7 +566,8 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: 
             engines = annotator_engines(config)
             t0 = time.perf_counter()
             try:
-                report = ensemble_fit.fit_report(config, engines, pairs, cache, progress_label=name, keep_verdicts=True)
+                # no progress_label (that feeds a build's bars): the meter prints a line per tenth
+                report = ensemble_fit.fit_report(config, engines, pairs, cache, keep_verdicts=True)
             finally:
                 for e in {id(e): e for e in engines.values()}.values():
                     e.close()
