@@ -288,8 +288,8 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
         prompts = [p.prompt for p in pairs for _ in (0, 1)]
         responses = [r for p in pairs for r in (p.response_a, p.response_b)]
         by_variant: dict[str, list[float | None]] = {}
+        routes = routes or pair_routes(config, pairs)  # once: the run and the head's pair count share it
         if config.method == "ensemble":
-            routes = routes or pair_routes(config, pairs)
             by_variant = _ensemble_scores(config, engines, prompts, responses, routes, weights, every_route)
         elif config.method == "density_ratio":
             results = DensityRatio(engines["strong"], engines["weak"], config).score(
@@ -313,7 +313,7 @@ def run_annotator(config: AnnotateConfig, engines: Mapping[str, Engine], pairs: 
             variants[name] = {"verdicts": _score_verdicts(scores[0::2], scores[1::2], config.tie_margin),
                               "seconds": seconds, "scores": scores}
         if config.safety_head is not None:  # a pair's prompt routes both its responses
-            variants[config.method]["safety_head_pairs"] = sum((routes or pair_routes(config, pairs)).to_head[0::2])
+            variants[config.method]["safety_head_pairs"] = sum(routes.to_head[0::2])
     return variants
 
 
