@@ -530,16 +530,18 @@ GOLD_LICENCES = ["autoj_testdata_pairwise.jsonl.gz: GAIR-NLP/auto-j test set, no
                  "hh-rlhf_harmless-base_test.jsonl.gz: anthropics/hh-rlhf, MIT"]
 
 
-def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: dict[str, Path] | None = None) -> dict:
+def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: dict[str, Path] | None = None,
+                   first_look: int | None = None) -> dict:
     """Each ensemble of JUDGE_ENSEMBLES named in `names` through `ensemble_fit.fit_report` as a build
     fits it (5-fold out of fold, safety head refitted outside the sample scoring its router's pairs),
     with the paired difference of each variant against the judge alone (the demo's annotator since
-    2026-12-04) and the trivial baselines, pooled and per file."""
+    2026-12-04) and the trivial baselines, pooled and per file. `first_look`: an earlier run's pairs
+    per file; each variant is also compared with the trivial baselines on the pairs after them alone."""
     import tempfile
 
     import numpy as np
 
-    from pipeline.annotate.baselines import _difference
+    from pipeline.annotate.baselines import _difference, compare_with_baselines
     from pipeline.annotate.eval import resample_indices
 
     pairs = pooled_pairs(n, seed)
@@ -548,7 +550,9 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: 
     idx = resample_indices(len(pairs), 1000, seed)
     out = {"annotator": "pointwise judge 1.5B + ensembles", "method": "ensemble + annotate.safety_head",
            "pairs_per_file": n, "training_pairs": k, "files": [p.name for p in GOLD_FILES], "fits": {},
-           "variants": {}, "paired_vs_judge_alone": {}, "scoring_seconds": {}}
+           "variants": {}, "paired_vs_judge_alone": {}, "scoring_seconds": {}, "first_look": first_look,
+           "new_pairs_only": {}}
+    new = [i for i in range(len(pairs)) if first_look is not None and i % n >= first_look]  # per file, in order
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "refitted-head.json"
         path.write_text(json.dumps({"format": "prefpipe-safety-head/1", "embedder": head.embedder,
@@ -591,6 +595,10 @@ def judge_ensemble(n: int, seed: int, cache: Path, names: list[str], write_fit: 
                 fit, _ = _fit_entry(label, pairs, verdicts, report["weights"], seed)
                 out["fits"][label] = fit
                 out["paired_vs_judge_alone"][label] = _difference(gold, np.asarray(verdicts, dtype=object), judge, idx)
+                if new:  # the pairs the first look had not seen, alone (out-of-fold verdicts of this fit)
+                    out["new_pairs_only"][label] = compare_with_baselines(
+                        label, [pairs[i] for i in new], {label: [verdicts[i] for i in new]}, label,
+                        None, 1000, seed)["verdict"]
             out["requests"] = report["requests"]
             out["safety_head_pairs"] = report["safety_head_pairs"]
     out["requests"]["cache"] = "(the --cache directory)"
@@ -622,6 +630,9 @@ def judge_ensemble_markdown(report: dict) -> str:
     lines += _baseline_rows(first, files, "| | | ", " |")
     lines += ["", *(f"- {name}: {fit['verdict']['sentence']} Weights: " + _weights(fit["weights"])
                     for name, fit in report["fits"].items() if name.endswith(": ensemble"))]
+    if report.get("new_pairs_only"):
+        lines += ["", f"On the pairs after the first {report['first_look']} of each file alone:",
+                  *(f"- {v['sentence']}" for v in report["new_pairs_only"].values())]
     return "\n".join(lines) + "\n"
 
 
@@ -649,12 +660,14 @@ def main() -> None:
                     help="pooled: the strong model's criteria system prompt")
     ap.add_argument("--ensembles", nargs="+", default=list(JUDGE_ENSEMBLES), choices=list(JUDGE_ENSEMBLES),
                     help="judge-ensemble: which ensembles to fit")
+    ap.add_argument("--first-look", type=int, help="judge-ensemble: an earlier run's pairs per file (the "
+                    "variants are also reported on the pairs after them alone)")
     ap.add_argument("--write-fit", nargs=2, action="append", metavar=("ENSEMBLE", "FILE"), default=[],
                     help="judge-ensemble: also write that ensemble's fit as a fit file (annotate.ensemble.weights)")
     args = ap.parse_args()
     if args.part == "judge-ensemble":
         report = judge_ensemble(args.pairs, args.seed, args.cache, args.ensembles,
-                                {name: Path(path) for name, path in args.write_fit})
+                                {name: Path(path) for name, path in args.write_fit}, args.first_look)
         _write_pooled(f"annotators-pooled-judge-ensemble-{args.pairs}pairs", report, judge_ensemble_markdown)
         return
     if args.part == "judge-routed":
