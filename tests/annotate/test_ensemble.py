@@ -265,3 +265,26 @@ def test_a_malformed_fit_file_fails_the_recipe_naming_the_field(tmp_path, real_d
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert len(failed.stderr.strip().splitlines()) == 1
     assert "annotate.ensemble.weights: " in failed.stderr and expected in failed.stderr
+
+
+def test_every_shipped_fit_file_serves_the_recipe_naming_it_and_beats_the_best_trivial_baseline():
+    """A shipped recipe that names a fit file (`annotate.ensemble.weights`) builds: the file reads,
+    was fitted for exactly that recipe's annotator, says what it was fitted on (files by sha256,
+    licences) and beats the best trivial baseline with its paired CI above 0."""
+    from pipeline.annotate import ensemble_fit
+    from pipeline.recipe import load_recipe
+    from tests.helpers import REPO
+
+    named = []
+    for path in sorted((REPO / "data/recipes").glob("*.yaml")):
+        config = load_recipe(path).annotate
+        if config is None or config.ensemble is None or config.ensemble.weights is None:
+            continue
+        named.append(path.name)
+        fit = ensemble_fit.read_fit(config.ensemble.weights)
+        ensemble_fit.check_fit(fit, config, config.ensemble.weights)
+        assert fit["fitted_on"]["licences"] and all(len(f["sha256"]) == 64 for f in fit["fitted_on"]["files"])
+        verdict = fit["verdict"]
+        assert verdict["beats_best_trivial_baseline"], (path.name, verdict["sentence"])
+        assert verdict["ci95"][0] > 0, (path.name, verdict)
+    assert named, "no shipped recipe names a fit file"

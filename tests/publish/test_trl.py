@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -52,6 +53,23 @@ def _tiny_models(recipe: dict, strong: Path, weak: Path) -> dict:
     return recipe
 
 
+def _fit_for_tiny_models(recipe: dict, tmp: Path) -> dict:
+    """A recipe naming a shipped fit file (annotate.ensemble.weights) scores with its weights; they
+    were fitted for the shipped models, so with tiny ones the recipe would rightly fail. The same
+    weights, declared valid for the tiny models (`ensemble_fit.fitted_for`), keep it building."""
+    from pipeline.annotate import ensemble_fit
+    from pipeline.annotate.config import AnnotateConfig
+
+    annotate = recipe.get("annotate", {})
+    if not (weights := (annotate.get("ensemble") or {}).get("weights")):
+        return recipe
+    fit = ensemble_fit.read_fit(weights)
+    fit["fitted_for"] = ensemble_fit.fitted_for(AnnotateConfig.model_validate(annotate))
+    (tmp / "fit.json").write_text(json.dumps(fit))
+    annotate["ensemble"]["weights"] = str(tmp / "fit.json")
+    return recipe
+
+
 @pytest.fixture(scope="module")
 def weak_model_dir(tmp_path_factory):
     """A second tiny causal LM with other weights: the weak side of a density ratio."""
@@ -70,6 +88,7 @@ def version(request, tmp_path_factory, tiny_model_dir, weak_model_dir) -> Path:
     tmp = tmp_path_factory.mktemp(request.param)
     shipped = RECIPES / f"{request.param}.yaml"
     recipe = _tiny_models(yaml.safe_load(shipped.read_text()), tiny_model_dir, weak_model_dir)
+    recipe = _fit_for_tiny_models(recipe, tmp)
     for n, spec in enumerate(recipe["inputs"]):
         spec["path"] = str(_head(RECIPES / spec["path"], tmp / f"input-{n}.jsonl", ROWS))
     path = tmp / "recipe.yaml"
