@@ -267,10 +267,11 @@ def test_a_malformed_fit_file_fails_the_recipe_naming_the_field(tmp_path, real_d
     assert "annotate.ensemble.weights: " in failed.stderr and expected in failed.stderr
 
 
-def test_every_shipped_fit_file_serves_the_recipe_naming_it_and_beats_the_best_trivial_baseline():
+def test_every_shipped_fit_file_serves_the_recipe_naming_it_and_beats_the_best_trivial_baseline(tmp_path):
     """A shipped recipe that names a fit file (`annotate.ensemble.weights`) builds: the file reads,
-    was fitted for exactly that recipe's annotator, says what it was fitted on (files by sha256,
-    licences) and beats the best trivial baseline with its paired CI above 0."""
+    was fitted for exactly that recipe's annotator (read as a build reads it, `ensemble_fit.measure`),
+    says what it was fitted on (files by sha256, licences) and beats the best trivial baseline with
+    its paired CI above 0."""
     from pipeline.annotate import ensemble_fit
     from pipeline.recipe import load_recipe
     from tests.helpers import REPO
@@ -281,8 +282,7 @@ def test_every_shipped_fit_file_serves_the_recipe_naming_it_and_beats_the_best_t
         if config is None or config.ensemble is None or config.ensemble.weights is None:
             continue
         named.append(path.name)
-        fit = ensemble_fit.read_fit(config.ensemble.weights)
-        ensemble_fit.check_fit(fit, config, config.ensemble.weights)
+        fit = ensemble_fit.measure(config, tmp_path)  # a fit file that does not serve the recipe raises
         assert fit["fitted_on"]["licences"] and all(len(f["sha256"]) == 64 for f in fit["fitted_on"]["files"])
         verdict = fit["verdict"]
         assert verdict["beats_best_trivial_baseline"], (path.name, verdict["sentence"])
